@@ -1,0 +1,1 @@
+"""The command line (layer L5, outermost): ``mailmoat …``. Nothing imports it."""

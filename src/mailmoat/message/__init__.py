@@ -1,0 +1,1 @@
+"""message layer (see ARCHITECTURE.md)."""

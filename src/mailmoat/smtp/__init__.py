@@ -1,0 +1,1 @@
+"""smtp layer (see ARCHITECTURE.md)."""
