@@ -55,6 +55,13 @@ SMTP_PATH_MAX: Final = 256
 #: RFC 3461 §4.4: ENVID is at most 100 characters; §4.2 ORCPT at most 500.
 DSN_ENVID_MAX: Final = 100
 DSN_ORCPT_MAX: Final = 500
+#: Longest server reply line the SMTP client accepts, CRLF included. RFC 5321 §4.5.3.1.5 sets
+#: 512 octets as the minimum to support and §4.5.3.1 asks to accept longer objects; Postfix's
+#: client reads lines up to line_length_limit = 2048.
+SMTP_REPLY_LINE_MAX: Final = 2048
+#: Lines in one multi-line reply the client accepts. RFC 5321 §4.2.1 sets no bound; an EHLO
+#: reply has ~15-25 lines in practice. Bounds the memory a hostile server can make us hold.
+SMTP_REPLY_MAX_LINES: Final = 100
 
 # --- DNS ----------------------------------------------------------------------------------
 #: RFC 1035 §2.3.4: names are at most 255 octets, labels 63.
@@ -86,6 +93,12 @@ SPF_MAX_PTR_NAMES: Final = 10
 SPF_RECORD_MAX: Final = 4096
 #: RFC 7208 §7.3: macro expansion result bounded (253-octet domain rule in §7.3).
 SPF_MACRO_EXPANSION_MAX: Final = 253
+#: RFC 7208 §4.6.4: "MTAs or other processors SHOULD impose a limit on the maximum amount of
+#: elapsed time to evaluate check_host(). Such a limit SHOULD allow at least 20 seconds."
+SPF_EVALUATION_TIMEOUT: Final = 20.0
+#: Longest expanded exp= explanation we return (RFC 7208 §6.2 sets none; it ends up in an SMTP
+#: reply, RFC 5321 §4.5.3.1.5 reply lines are 512 octets, a few lines at most).
+SPF_EXPLANATION_MAX: Final = 1024
 
 # --- DKIM / DMARC / ARC -------------------------------------------------------------------
 #: Signatures verified per message (RFC 6376 §6.1: verifiers MAY limit; OpenDKIM
@@ -94,8 +107,64 @@ DKIM_MAX_SIGNATURES: Final = 10
 #: RFC 8301 §3.2: RSA keys < 1024 bits MUST NOT be accepted; < 2048 SHOULD be avoided.
 DKIM_RSA_MIN_BITS: Final = 1024
 DKIM_RSA_WEAK_BITS: Final = 2048
+#: Largest RSA key we spend CPU on: verification cost grows with the modulus, and a 16384-bit
+#: key in DNS is a cheap way to make a verifier work (OpenSSL caps RSA moduli at 16384,
+#: OPENSSL_RSA_MAX_MODULUS_BITS; no real DKIM key exceeds 4096). Larger keys: permerror.
+DKIM_RSA_MAX_BITS: Final = 8192
+#: Signed header names per signature (the h= list). RFC 6376 sets no bound; real signers list
+#: 10-40 names (over-signing doubles some). OpenDKIM MaximumHeaders bounds the header block;
+#: we bound h= so one signature cannot make us canonicalise a field thousands of times.
+DKIM_MAX_SIGNED_HEADERS: Final = 128
+#: One DKIM-Signature header field, in octets (RFC 5322 §2.1.1 lines are <= 998; a folded
+#: signature with a 4096-bit b= and 40 names is about 2 KB). Longer fields: permerror.
+DKIM_SIGNATURE_FIELD_MAX: Final = 16 * 1024
+#: One DKIM key record (all strings of the TXT record joined, RFC 6376 §3.6.2.2). An RSA-8192
+#: key is about 1.5 KB of base64.
+DKIM_KEY_RECORD_MAX: Final = 8 * 1024
+#: TXT records tried for one key name (RFC 6376 §3.6.2.2: a verifier "can choose one of the
+#: key records or may cycle through" them; we cycle through a few).
+DKIM_MAX_KEY_RECORDS: Final = 5
+#: Tolerated clock difference for t= (future timestamps) and x= (expiry), seconds (RFC 6376
+#: §3.5 t=: "Implementations MAY ignore signatures with a timestamp in the future"; allow 5 min
+#: of skew, as for Kerberos and TOTP).
+DKIM_CLOCK_SKEW: Final = 300
+#: Octets of one unterminated body line held by the streaming canonicaliser before it emits
+#: the safe part (ARCHITECTURE.md rule 14: the body is never held; RFC 5322 §2.1.1 lines are
+#: <= 998 octets, so this only bites on broken or hostile input).
+DKIM_CANON_PENDING_MAX: Final = 64 * 1024
 #: RFC 8617 §5.1.1.1: at most 50 ARC sets.
 ARC_MAX_INSTANCES: Final = 50
+#: Longest DMARC policy record we parse (all strings of the TXT record joined, RFC 7489 §6.1 /
+#: RFC 9989 §4.5). Real records are under 300 octets; a long rua/ruf list stays under 2 KiB.
+#: Longer records are treated as not parseable (no DMARC record).
+DMARC_RECORD_MAX: Final = 4096
+#: Reporting URIs read from one rua= or ruf= list (RFC 7489 §6.2 sets none; receivers MAY
+#: limit: RFC 7489 §6.2 "A Mail Receiver MUST implement support for ... mailto:" and OpenDMARC
+#: caps the list; two or three are usual). Extra URIs are ignored with a warning.
+DMARC_MAX_REPORT_URIS: Final = 10
+#: TXT records examined at one _dmarc name: RFC 7489 §6.6.3 step 5 / RFC 9989 §4.10 step 2
+#: discard the set when several DMARC records remain; bounding what we read first.
+DMARC_MAX_TXT_RECORDS: Final = 20
+#: RFC 9989 §4.10: "Author Domains with more than eight labels do not result in more than
+#: eight DNS queries" (one DNS Tree Walk).
+DMARC_TREE_WALK_MAX_QUERIES: Final = 8
+#: Distinct Authenticated Identifiers (SPF domain, DKIM d=) whose Organizational Domain we
+#: discover by a Tree Walk for relaxed alignment (RFC 9989 §4.10.2). DKIM_MAX_SIGNATURES plus
+#: SPF bounds it already; this keeps one message to at most 1 + 11 walks of 8 queries.
+DMARC_MAX_ALIGNMENT_WALKS: Final = 11
+#: One Authentication-Results field we parse, in octets (RFC 8601 sets no limit; a field with
+#: spf, several dkim, dmarc and arc results is under 2 KiB; same bound as other structured
+#: fields, ANALYSIS_FIELD_MAX). Longer fields are refused with a ParseError.
+AUTHRES_FIELD_MAX: Final = 16 * 1024
+#: resinfo clauses read from one field (one per method and DKIM signature; DKIM_MAX_SIGNATURES
+#: plus a handful of methods fits far under 64). More is a parse error.
+AUTHRES_MAX_RESULTS: Final = 64
+#: propspec entries read per resinfo (RFC 8601 registers at most four per method; 32 leaves
+#: room for vendor properties). More is a parse error.
+AUTHRES_MAX_PROPERTIES: Final = 32
+#: Line width we fold generated Authentication-Results at (RFC 5322 §2.1.1: lines "SHOULD be no
+#: more than 78 characters, excluding the CRLF").
+AUTHRES_FOLD_WIDTH: Final = 78
 
 # --- Messages -----------------------------------------------------------------------------
 #: Header section size we parse (Postfix header_size_limit 102400).
@@ -105,3 +174,78 @@ MESSAGE_HEADER_MAX: Final = 1024 * 1024
 MESSAGE_MAX_HEADER_FIELDS: Final = 10_000
 #: RFC 5321 §6.3: loop detection; Postfix hopcount_limit 50 Received fields.
 MESSAGE_MAX_RECEIVED: Final = 100
+#: RFC 5322 §2.1.1: "Each line of characters MUST be no more than 998 characters ... excluding
+#: the CRLF." Longer header lines are flagged as a defect (not refused: the section bound holds).
+MESSAGE_LINE_MAX: Final = 998
+#: RFC 5322 §3.2.2 comments nest without a stated limit; real MTAs nest at most 2 deep (Postfix
+#: "(using ... (256/256 bits))"). Deeper nesting is flagged and the rest is read as comment text.
+MESSAGE_COMMENT_DEPTH_MAX: Final = 32
+
+# --- Header analysis (analysis/: Received chain, Authentication-Results summary) ------------
+#: Longest single structured field (Received, Authentication-Results, DKIM-Signature, ARC-*)
+#: we tokenise. Real stamps are under 1 KiB and DKIM-Signature with a 4096-bit b= under 2 KiB;
+#: Postfix header_size_limit (102400) bounds a whole header. Longer fields are reported as
+#: "not parsed" instead of being tokenised.
+ANALYSIS_FIELD_MAX: Final = 16 * 1024
+#: Received fields analysed, from the top (the trustworthy end) down; RFC 5321 §6.3 loop
+#: detection counts Received fields, and MESSAGE_MAX_RECEIVED is where we call it a loop.
+ANALYSIS_MAX_HOPS: Final = MESSAGE_MAX_RECEIVED
+#: Longest date-time text after the ";" of a stamp (RFC 5322 §3.3: "Thu, 13 Feb 1969 23:32:54
+#: -0330" is 31 octets; obsolete forms and comments stay far under 256).
+ANALYSIS_DATE_MAX: Final = 256
+#: Clock difference between two hops tolerated before a reversed order is called out (seconds).
+#: NTP-synchronised servers agree within a second; 5 minutes is Kerberos' default skew.
+ANALYSIS_CLOCK_SKEW: Final = 300
+#: A hop delay worth flagging (seconds): a day (Postfix maximal_queue_lifetime is 5 days; a
+#: message held for more than a day is unusual, or its older stamps were replayed).
+ANALYSIS_LONG_DELAY: Final = 86_400
+#: Authentication-Results fields summarised (RFC 8601 §5: one per ADMD that checked) and
+#: results read per field (spf, dkim per signature, dmarc, arc, iprev, auth ...).
+ANALYSIS_MAX_AUTHRES_FIELDS: Final = 50
+ANALYSIS_MAX_AUTHRES_RESULTS: Final = 50
+#: Tags read from one DKIM-Signature/ARC tag-list (RFC 6376 §3.5 defines 15; ARC adds cv/i).
+ANALYSIS_MAX_TAGS: Final = 64
+
+# --- Server connections, TLS, AUTH, spool (net/tls, gateway, spool) -----------------------
+#: Concurrent connections per worker process (Postfix default_process_limit is 100 smtpd
+#: processes; one asyncio worker holds far more cheaply). Beyond it new clients get 421.
+SERVER_MAX_CONNECTIONS: Final = 1000
+#: Concurrent connections from one client IP (Postfix smtpd_client_connection_count_limit
+#: default 50, half the process limit).
+SERVER_MAX_CONNECTIONS_PER_IP: Final = 50
+#: Idle time (no byte received) before a client is dropped: RFC 5321 §4.5.3.2.7 server timeout
+#: "of at least 5 minutes"; also the slowloris bound together with the per-command timeouts.
+SERVER_IDLE_TIMEOUT: Final = 300.0
+#: Largest certificate/key PEM file read (a long chain is a few KiB; 1 MiB is generous).
+TLS_PEM_FILE_MAX: Final = 1024 * 1024
+#: Seconds between two checks of the certificate files for a change (one stat per file).
+TLS_RELOAD_POLL_INTERVAL: Final = 30.0
+#: Validity of the generated self-signed certificate: 825 days, the CA/Browser Forum cap that
+#: Apple platforms still enforce for server certificates (BR 6.3.2, 2018-2020).
+TLS_SELF_SIGNED_DAYS: Final = 825
+#: Failed AUTH attempts per client IP (IPv6: per /64) before refusal: a token bucket of this
+#: burst, refilled at AUTH_FAILURE_IP_REFILL tokens/s (fail2ban's default is 5 failures in
+#: 10 min; one per minute sustained). RFC 4954 §4 lets a server limit failed attempts.
+AUTH_FAILURE_IP_BURST: Final = 10
+AUTH_FAILURE_IP_REFILL: Final = 1.0 / 60.0
+#: Failed AUTH attempts per user name (any IP): burst, then one per 30 s; the per-user bucket
+#: slows distributed guessing without locking a user out for long.
+AUTH_FAILURE_USER_BURST: Final = 10
+AUTH_FAILURE_USER_REFILL: Final = 1.0 / 30.0
+#: Failure buckets remembered (IPs + users); the fullest buckets are forgotten first.
+AUTH_FAILURE_TRACKED_MAX: Final = 100_000
+#: Longest user name / password accepted for AUTH (RFC 4616 §2: authcid and passwd "up to
+#: 255 octets"; we use the same bound for both).
+AUTH_NAME_MAX: Final = 255
+AUTH_PASSWORD_MAX: Final = 255
+#: scrypt cost (RFC 7914; N=2^14, r=8, p=1 is the interactive-login setting of the scrypt
+#: paper and Python's hashlib docs example, ≈16 MiB and ≈50 ms per hash).
+AUTH_SCRYPT_LOG2_N: Final = 14
+AUTH_SCRYPT_R: Final = 8
+AUTH_SCRYPT_P: Final = 1
+AUTH_SCRYPT_SALT_BYTES: Final = 16
+#: Largest spooled envelope record (JSON): 1000 recipients of 256-octet paths plus DSN
+#: ORCPT (500) each, with room to spare.
+SPOOL_ENVELOPE_MAX: Final = 2 * 1024 * 1024
+#: Users file size read (one line per user; 16 MiB is many thousands of users).
+USERS_FILE_MAX: Final = 16 * 1024 * 1024

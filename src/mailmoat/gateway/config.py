@@ -1,0 +1,609 @@
+"""The gateway's configuration: TOML, validated, with errors that name the bad key (layer L4).
+
+Loading: :func:`load_config` reads a TOML file (stdlib :mod:`tomllib`), validates it with
+pydantic v2 models (unknown keys are errors, types are strict enough to catch typos) and turns
+every failure into :class:`mailmoat.errors.ConfigError` whose ``key`` is the dotted path of the
+offending setting, e.g. ``listener[1].mode`` or ``limits.timeouts.data_init``.
+
+Relative paths: ``server.data_dir`` relative to the directory of the config file; every other
+path (``tls.certificates[].cert``/``key``, ``auth.users_file``, ``spool.dir``) relative to
+``server.data_dir``.
+
+Example (all keys; every section but ``[[listener]]`` is optional)::
+
+    [server]
+    hostname = "mx.example.org"     # default: the machine's FQDN
+    data_dir = "/var/lib/mailmoat"  # default: the config file's directory
+    workers = 2                     # default: number of CPUs
+
+    [[listener]]
+    address = "0.0.0.0"
+    port = 465
+    mode = "implicit-tls"           # "implicit-tls" | "starttls" | "plain"
+    role = "submission"             # "mx" | "submission"
+
+    [[listener]]
+    address = "::"
+    port = 25
+    mode = "starttls"
+    role = "mx"
+    require_tls = false             # mx: offer STARTTLS (false) or require it (true)
+
+    [tls]
+    min_version = "1.2"             # "1.2" | "1.3"
+    certificates = [ { cert = "tls/cert.pem", key = "tls/key.pem", names = ["mx.example.org"] } ]
+
+    [limits]
+    max_message_size = 52428800
+    max_recipients = 1000
+    max_connections = 1000
+    max_connections_per_ip = 50
+    idle_timeout = 300.0
+    [limits.timeouts]               # RFC 5321 §4.5.3.2, seconds
+    greeting = 300.0
+    mail = 300.0
+    rcpt = 300.0
+    data_init = 120.0
+    data_block = 180.0
+    data_term = 600.0
+    server = 300.0
+
+    [smtp]
+    bare_newline = "reject"         # "reject" | "normalize"
+
+    [relay]
+    local_domains = ["example.org"]
+    trusted_networks = ["127.0.0.0/8", "::1/128"]
+
+    [auth]
+    users_file = "users.jsonl"
+
+    [spool]
+    dir = "spool"
+    fsync = true
+
+Listener semantics
+    ``mode = "implicit-tls"`` (RFC 8314 §3.3, port 465): TLS from the first byte.
+    ``mode = "starttls"`` (RFC 3207): STARTTLS offered; ``mode = "plain"``: STARTTLS offered
+    whenever a certificate is configured, none otherwise. ``role = "submission"`` always
+    requires TLS before MAIL and AUTH (RFC 8314 §3.3, RFC 4954 §4: AUTH is never advertised in
+    clear text), so it needs a certificate; ``require_tls = false`` on a submission listener is
+    an error. ``role = "mx"`` with ``require_tls = true`` refuses MAIL before STARTTLS
+    (RFC 3207 §4 "530 Must issue a STARTTLS command first"); the default only offers it
+    (RFC 3207 §4: a publicly-referenced server MUST NOT require it).
+
+First run (:func:`default_config`)
+    Creates the data directory (mode 0700), a self-signed ECDSA P-256 certificate for the
+    hostname under ``tls/``, an empty users file and ``config.toml``. Its listeners:
+
+    ============  ===================  ============  ======================================
+    run as root   not root             role          mode
+    ============  ===================  ============  ======================================
+    465           2465                 submission    implicit-tls (RFC 8314 SMTPS)
+    587           2587                 submission    starttls
+    25            2525                 mx            starttls (offer, not require)
+    2525          —                    mx            starttls (for networks blocking 25)
+    ============  ===================  ============  ======================================
+
+    All on ``0.0.0.0`` (IPv4) and, when the host has IPv6, ``::``. Unprivileged users
+    cannot bind ports below 1024, so they get the 24xx/25xx ports.
+
+SECURITY: the config file is trusted (it names the keys), but it is still validated fully
+before anything listens: an invalid value never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import idna
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mailmoat import limits
+from mailmoat.errors import ConfigError
+from mailmoat.net.tls import CertificateSpec, generate_self_signed
+
+__all__ = [
+    "AuthConfig",
+    "CertificateConfig",
+    "Config",
+    "LimitsConfig",
+    "ListenerConfig",
+    "RelayConfig",
+    "ServerConfig",
+    "SmtpConfig",
+    "SpoolConfig",
+    "TLSConfig",
+    "TimeoutsConfig",
+    "default_config",
+    "default_data_dir",
+    "find_config",
+    "load_config",
+    "parse_config",
+]
+
+CONFIG_FILE_NAME = "config.toml"
+USERS_FILE_NAME = "users.jsonl"
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ServerConfig(_Model):
+    hostname: str = Field(default_factory=socket.getfqdn, min_length=1, max_length=255)
+    data_dir: Path = Path(".")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        return _domain(value)
+
+
+class ListenerConfig(_Model):
+    address: str = "0.0.0.0"
+    port: Port
+    mode: Literal["implicit-tls", "starttls", "plain"]
+    role: Literal["mx", "submission"]
+    require_tls: bool | None = None  # None: mx False, submission True
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+
+    @property
+    def tls_required(self) -> bool:
+        """Whether MAIL (and AUTH) need TLS first on this listener."""
+        if self.role == "submission":
+            return True
+        return bool(self.require_tls)
+
+    @field_validator("require_tls")
+    @classmethod
+    def _submission_requires_tls(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if info.data.get("role") == "submission" and value is False:
+            raise ValueError("submission listeners always require TLS (RFC 8314 §3.3)")
+        return value
+
+
+class CertificateConfig(_Model):
+    cert: Path
+    key: Path
+    names: tuple[str, ...] = ()
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for name in value:
+            wild = name.startswith("*.")
+            out.append(("*." if wild else "") + _domain(name[2:] if wild else name))
+        return tuple(out)
+
+    def spec(self) -> CertificateSpec:
+        return CertificateSpec(cert=self.cert, key=self.key, names=self.names)
+
+
+class TLSConfig(_Model):
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    certificates: tuple[CertificateConfig, ...] = ()
+
+    def specs(self) -> tuple[CertificateSpec, ...]:
+        return tuple(c.spec() for c in self.certificates)
+
+
+class TimeoutsConfig(_Model):
+    """RFC 5321 §4.5.3.2 server-side timeouts, seconds."""
+
+    greeting: PositiveSeconds = limits.SMTP_TIMEOUT_GREETING
+    mail: PositiveSeconds = limits.SMTP_TIMEOUT_MAIL
+    rcpt: PositiveSeconds = limits.SMTP_TIMEOUT_RCPT
+    data_init: PositiveSeconds = limits.SMTP_TIMEOUT_DATA_INIT
+    data_block: PositiveSeconds = limits.SMTP_TIMEOUT_DATA_BLOCK
+    data_term: PositiveSeconds = limits.SMTP_TIMEOUT_DATA_TERM
+    server: PositiveSeconds = limits.SMTP_TIMEOUT_SERVER
+
+
+class LimitsConfig(_Model):
+    max_message_size: int = Field(default=limits.SMTP_MAX_MESSAGE_SIZE, ge=1024, le=2**40)
+    #: RFC 5321 §4.5.3.1.8: at least 100 recipients MUST be accepted.
+    max_recipients: int = Field(default=limits.SMTP_MAX_RECIPIENTS, ge=100, le=100_000)
+    max_connections: int = Field(default=limits.SERVER_MAX_CONNECTIONS, ge=1, le=1_000_000)
+    max_connections_per_ip: int = Field(
+        default=limits.SERVER_MAX_CONNECTIONS_PER_IP, ge=1, le=1_000_000
+    )
+    idle_timeout: PositiveSeconds = limits.SERVER_IDLE_TIMEOUT
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+
+
+class SmtpConfig(_Model):
+    #: What to do with a bare CR or LF in DATA: refuse the message (default: SMTP smuggling,
+    #: RFC 5321 §2.3.8 "MUST NOT ... bare CR or LF") or normalise it to CRLF.
+    bare_newline: Literal["reject", "normalize"] = "reject"
+
+
+class RelayConfig(_Model):
+    local_domains: tuple[str, ...] = ()
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @field_validator("local_domains")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_domain(d) for d in value))
+
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        out = []
+        for item in value:
+            try:
+                out.append(ipaddress.ip_network(item, strict=True))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{item!r} is not a network ({exc})") from None
+        return tuple(out)
+
+
+class AuthConfig(_Model):
+    users_file: Path = Path(USERS_FILE_NAME)
+
+
+class SpoolConfig(_Model):
+    dir: Path = Path("spool")
+    fsync: bool = True
+
+
+class Config(_Model):
+    """The whole validated configuration. ``source`` is the file it came from, if any."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    listener: tuple[ListenerConfig, ...] = Field(min_length=1)
+    tls: TLSConfig = TLSConfig()
+    limits: LimitsConfig = LimitsConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    relay: RelayConfig = RelayConfig()
+    auth: AuthConfig = AuthConfig()
+    spool: SpoolConfig = SpoolConfig()
+
+    @model_validator(mode="after")
+    def _listeners(self) -> Self:
+        seen: dict[tuple[str, int], int] = {}
+        for index, listener in enumerate(self.listener):
+            where = (listener.address, listener.port)
+            if listener.port and where in seen:
+                raise _KeyedError(
+                    f"listener[{index}].port",
+                    f"{listener.address} port {listener.port} is already used by"
+                    f" listener[{seen[where]}]",
+                )
+            seen[where] = index
+            if listener.mode != "plain" and not self.tls.certificates:
+                raise _KeyedError(
+                    f"listener[{index}].mode",
+                    f"mode {listener.mode!r} needs a certificate in [tls] certificates",
+                )
+            if listener.tls_required and not self.tls.certificates:
+                raise _KeyedError(
+                    f"listener[{index}].role" if listener.role == "submission"
+                    else f"listener[{index}].require_tls",
+                    "TLS is required on this listener but no certificate is configured",
+                )
+        return self
+
+    def offers_starttls(self, listener: ListenerConfig) -> bool:
+        """Whether STARTTLS is advertised on ``listener`` (before TLS is up)."""
+        return listener.mode in ("starttls", "plain") and bool(self.tls.certificates)
+
+    @property
+    def users_file(self) -> Path:
+        return self.auth.users_file
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool.dir
+
+
+class _KeyedError(ValueError):
+    """A cross-field error that knows which key to blame."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _domain(value: str) -> str:
+    """A domain name as the A-label, lowercased, without a trailing dot (UTS-46, IDNA2008)."""
+    name = value.strip().rstrip(".")
+    if not name:
+        raise ValueError("empty domain name")
+    try:
+        ascii_name = idna.encode(name, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"invalid domain name {value!r}: {exc}") from None
+    if len(ascii_name) > limits.SMTP_DOMAIN_MAX:
+        raise ValueError(f"domain name longer than {limits.SMTP_DOMAIN_MAX} octets")
+    return ascii_name.lower()
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str | None, str]:
+    loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    ctx_error = (error.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _KeyedError):
+        return ctx_error.key, ctx_error.message
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    elif error["type"] == "missing":
+        message = "required setting is missing"
+    return _dotted(loc) or None, message
+
+
+def _convert(exc: ValidationError, source: str) -> ConfigError:
+    """One ConfigError naming the first bad key (and listing the others)."""
+    errors = exc.errors(include_url=False)
+    locs = [tuple(e["loc"]) for e in errors]
+    # Drop follow-on errors of a parent whose child already failed (a failed list item
+    # also makes its list too short).
+    kept = [
+        e for e, loc in zip(errors, locs, strict=True)
+        if not any(other != loc and other[: len(loc)] == loc for other in locs)
+    ]
+    described = [_describe(e) for e in kept]
+    key, message = described[0]
+    others = "; ".join(f"{k}: {m}" if k else m for k, m in described[1:])
+    if others:
+        message += f" (also: {others})"
+    return ConfigError(f"{message} [in {source}]", key=key)
+
+
+def _resolve(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Make relative paths absolute (see the module docstring) before validation."""
+    out = dict(data)
+    server = dict(out.get("server") or {}) if isinstance(out.get("server"), dict) else None
+    if server is not None:
+        raw = server.get("data_dir", ".")
+        if isinstance(raw, str):
+            server["data_dir"] = str((base_dir / raw).resolve())
+        out["server"] = server
+        data_dir = Path(server["data_dir"]) if isinstance(server["data_dir"], str) else base_dir
+    else:
+        out["server"] = {"data_dir": str(base_dir.resolve())}
+        data_dir = base_dir.resolve()
+
+    def rel(section: str, key: str) -> None:
+        sect = out.get(section)
+        if isinstance(sect, dict) and isinstance(sect.get(key), str):
+            out[section] = {**sect, key: str(data_dir / sect[key])}
+
+    rel("auth", "users_file")
+    rel("spool", "dir")
+    if "auth" not in out:
+        out["auth"] = {"users_file": str(data_dir / USERS_FILE_NAME)}
+    if "spool" not in out:
+        out["spool"] = {"dir": str(data_dir / "spool")}
+    tls = out.get("tls")
+    if isinstance(tls, dict) and isinstance(tls.get("certificates"), list):
+        certs = []
+        for item in tls["certificates"]:
+            if isinstance(item, dict):
+                paths = {
+                    k: str(data_dir / item[k]) for k in ("cert", "key")
+                    if isinstance(item.get(k), str)
+                }
+                certs.append({**item, **paths})
+            else:
+                certs.append(item)
+        out["tls"] = {**tls, "certificates": certs}
+    return out
+
+
+def parse_config(text: str, *, base_dir: Path | str, source: str = "<config>") -> Config:
+    """Parse and validate TOML text; relative paths are taken from ``base_dir``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(_resolve(data, Path(base_dir)))
+    except ValidationError as exc:
+        raise _convert(exc, source) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the TOML config file at ``path``."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {file} is not UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {file} cannot be read: {exc.strerror}") from None
+    return parse_config(text, base_dir=file.resolve().parent, source=str(file))
+
+
+def default_data_dir(*, is_root: bool | None = None) -> Path:
+    """``/var/lib/mailmoat`` for root, else ``$XDG_DATA_HOME/mailmoat``
+    (``~/.local/share/mailmoat``)."""
+    if is_root is None:
+        is_root = os.geteuid() == 0
+    if is_root:
+        return Path("/var/lib/mailmoat")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mailmoat"
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def default_listeners(*, is_root: bool, ipv6: bool) -> list[dict[str, Any]]:
+    """The first-run listeners (see the table in the module docstring)."""
+    if is_root:
+        ports = [(465, "implicit-tls", "submission"), (587, "starttls", "submission"),
+                 (25, "starttls", "mx"), (2525, "starttls", "mx")]
+    else:
+        ports = [(2465, "implicit-tls", "submission"), (2587, "starttls", "submission"),
+                 (2525, "starttls", "mx")]
+    addresses = ["0.0.0.0", "::"] if ipv6 else ["0.0.0.0"]
+    return [
+        {"address": address, "port": port, "mode": mode, "role": role}
+        for port, mode, role in ports
+        for address in addresses
+    ]
+
+
+def render_config(
+    *, hostname: str, data_dir: Path, listeners: Sequence[Mapping[str, Any]]
+) -> str:
+    """The TOML text of a first-run config."""
+    lines = [
+        "# mailmoat configuration (generated on first run; edit freely).",
+        "# Relative paths are relative to server.data_dir.",
+        "",
+        "[server]",
+        f"hostname = {_toml_str(hostname)}",
+        f"data_dir = {_toml_str(str(data_dir))}",
+        "",
+    ]
+    for listener in listeners:
+        lines += [
+            "[[listener]]",
+            f"address = {_toml_str(listener['address'])}",
+            f"port = {int(listener['port'])}",
+            f"mode = {_toml_str(listener['mode'])}",
+            f"role = {_toml_str(listener['role'])}",
+            "",
+        ]
+    lines += [
+        "[tls]",
+        'min_version = "1.2"',
+        "certificates = [",
+        '  { cert = "tls/cert.pem", key = "tls/key.pem" },',
+        "]",
+        "",
+        "[relay]",
+        f"local_domains = [{_toml_str(hostname)}]",
+        'trusted_networks = ["127.0.0.0/8", "::1/128"]',
+        "",
+        "[auth]",
+        f"users_file = {_toml_str(USERS_FILE_NAME)}",
+        "",
+        "[spool]",
+        'dir = "spool"',
+        "fsync = true",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def default_config(
+    data_dir: Path | str | None = None,
+    *,
+    hostname: str | None = None,
+    is_root: bool | None = None,
+    ipv6: bool | None = None,
+) -> tuple[Config, Path]:
+    """First run: create ``data_dir`` with a certificate and ``config.toml``; load it.
+
+    If ``data_dir/config.toml`` exists already it is loaded as is (never overwritten), and
+    an existing certificate is kept. Returns the config and the path of its file.
+    """
+    if is_root is None:
+        is_root = os.geteuid() == 0
+    directory = Path(data_dir) if data_dir is not None else default_data_dir(is_root=is_root)
+    directory = directory.resolve()
+    config_file = directory / CONFIG_FILE_NAME
+    if config_file.exists():
+        return load_config(config_file), config_file
+    try:
+        host = _domain(hostname or socket.getfqdn())
+    except ValueError as exc:
+        raise ConfigError(f"cannot use the hostname for the certificate: {exc}",
+                          key="server.hostname") from None
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (directory / "tls").mkdir(mode=0o700, exist_ok=True)
+        cert, key = directory / "tls" / "cert.pem", directory / "tls" / "key.pem"
+        if not (cert.exists() and key.exists()):
+            names = [host] if host == "localhost" else [host, "localhost"]
+            generate_self_signed(cert, key, names)
+        users = directory / USERS_FILE_NAME
+        if not users.exists():
+            fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        text = render_config(
+            hostname=host,
+            data_dir=directory,
+            listeners=default_listeners(
+                is_root=is_root, ipv6=_has_ipv6() if ipv6 is None else ipv6
+            ),
+        )
+        tmp = config_file.with_name(f".{CONFIG_FILE_NAME}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, config_file)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {directory}: {exc}") from None
+    return load_config(config_file), config_file
+
+
+def find_config(
+    config_file: Path | str | None = None, data_dir: Path | str | None = None
+) -> Config | None:
+    """The config a command-line tool should use: ``config_file`` if given, else
+    ``data_dir/config.toml`` (``data_dir`` defaulting to :func:`default_data_dir`) if it
+    exists, else None (the caller then uses ``data_dir``'s default layout)."""
+    if config_file is not None:
+        return load_config(config_file)
+    directory = Path(data_dir) if data_dir is not None else default_data_dir()
+    candidate = directory / CONFIG_FILE_NAME
+    if candidate.exists():
+        return load_config(candidate)
+    return None
