@@ -48,6 +48,24 @@ SMTP_TIMEOUT_DATA_INIT: Final = 120.0
 SMTP_TIMEOUT_DATA_BLOCK: Final = 180.0
 SMTP_TIMEOUT_DATA_TERM: Final = 600.0
 SMTP_TIMEOUT_SERVER: Final = 300.0
+#: SMTP client (net.smtp_client): TCP connect timeout. RFC 5321 sets none; Postfix's
+#: smtp_connect_timeout default is 30 s.
+SMTP_CLIENT_CONNECT_TIMEOUT: Final = 30.0
+#: SMTP client: wait for replies to EHLO/HELO, STARTTLS and AUTH. RFC 5321 §4.5.3.2 names
+#: none; Postfix's smtp_helo_timeout and smtp_starttls_timeout are 300 s (as MAIL's 5 min).
+SMTP_CLIENT_COMMAND_TIMEOUT: Final = 300.0
+#: SMTP client: the TLS handshake (implicit TLS or after STARTTLS); Postfix
+#: smtp_starttls_timeout = 300 s.
+SMTP_CLIENT_TLS_TIMEOUT: Final = 300.0
+#: SMTP client: wait for 221 to QUIT. The message is already accepted; waiting longer only
+#: delays the caller (Postfix smtp_quit_timeout is 300 s; smtplib waits forever).
+SMTP_CLIENT_QUIT_TIMEOUT: Final = 30.0
+#: SMTP client: octets per write of message content; RFC 5321 §4.5.3.2.5 times each "TCP
+#: SEND" of a data block (3 min), so we write and drain in blocks this size.
+SMTP_CLIENT_DATA_BLOCK: Final = 64 * 1024
+#: SMTP client: octets per BDAT chunk (RFC 3030 sets no size; 1 MiB keeps the server's
+#: per-chunk buffer modest).
+SMTP_CLIENT_BDAT_CHUNK: Final = 1024 * 1024
 #: RFC 5321 §4.5.3.1.1-3: local-part 64 octets, domain 255 octets, path 256 octets.
 SMTP_LOCAL_PART_MAX: Final = 64
 SMTP_DOMAIN_MAX: Final = 255
@@ -55,6 +73,8 @@ SMTP_PATH_MAX: Final = 256
 #: RFC 3461 §4.4: ENVID is at most 100 characters; §4.2 ORCPT at most 500.
 DSN_ENVID_MAX: Final = 100
 DSN_ORCPT_MAX: Final = 500
+#: RFC 1870 §3: size-value ::= 1*20DIGIT; RFC 3030 chunk-size = 1*DIGIT, bounded the same way.
+SMTP_SIZE_DIGITS_MAX: Final = 20
 #: Longest server reply line the SMTP client accepts, CRLF included. RFC 5321 §4.5.3.1.5 sets
 #: 512 octets as the minimum to support and §4.5.3.1 asks to accept longer objects; Postfix's
 #: client reads lines up to line_length_limit = 2048.
