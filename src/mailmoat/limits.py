@@ -269,3 +269,42 @@ AUTH_SCRYPT_SALT_BYTES: Final = 16
 SPOOL_ENVELOPE_MAX: Final = 2 * 1024 * 1024
 #: Users file size read (one line per user; 16 MiB is many thousands of users).
 USERS_FILE_MAX: Final = 16 * 1024 * 1024
+
+# --- MTA-STS / TLS-RPT / BIMI / HTTPS fetch / posture (auth.mtasts, net.fetch, gateway.posture)
+#: RFC 8461 §3.2 max_age: "maximum value of 31557600" (one year); larger values are refused.
+MTASTS_MAX_AGE_MAX: Final = 31_557_600
+#: Largest MTA-STS policy body we read: RFC 8461 §3.3 lets senders bound the body; 64 KiB as
+#: Mail::STS (max_policy_size 65536) and mox; real policies are under 1 KiB.
+MTASTS_POLICY_MAX: Final = 64 * 1024
+#: "mx" lines kept from one policy (RFC 8461 §3.2 sets no bound; large providers list < 20).
+MTASTS_MAX_MX_PATTERNS: Final = 100
+#: TXT records read at one ``_mta-sts`` / ``_smtp._tls`` / ``_bimi`` name before selection
+#: (RFC 8461 §3.1, RFC 8460 §3, BIMI: exactly one must remain; reading more is waste).
+MAIL_POLICY_MAX_TXT_RECORDS: Final = 20
+#: One MTA-STS, TLS-RPT or BIMI TXT record (strings joined). RFC 8461 §3.1 ids are 32
+#: characters; RFC 8460 rua lists are short; 4 KiB matches DMARC_RECORD_MAX.
+MAIL_POLICY_RECORD_MAX: Final = 4096
+#: RFC 8460 §3: rua URIs read from one TLS-RPT record (the RFC sets none; reporters send to
+#: each, so a long list multiplies reports; same bound as DMARC_MAX_REPORT_URIS).
+TLSRPT_MAX_REPORT_URIS: Final = 10
+#: HTTPS fetch (MTA-STS policy, BIMI evidence): whole-request timeout in seconds (RFC 8461 §3.3
+#: asks senders to bound the fetch; Mail::STS agent_timeout 60 s, "a timeout of one minute").
+HTTP_FETCH_TIMEOUT: Final = 60.0
+#: Default byte cap of one HTTPS fetch when the caller gives none (a BIMI SVG is capped at
+#: 32 KiB by the BIMI group's SVG profile; a VMC PEM is a few KiB). MTA-STS uses its own cap.
+HTTP_FETCH_MAX_BYTES: Final = 256 * 1024
+#: MTA-STS policies remembered by the on-disk cache (one entry per recipient domain).
+MTASTS_CACHE_MAX_ENTRIES: Final = 100_000
+#: Largest MTA-STS cache file read at start-up (100k entries of ~1 KiB).
+MTASTS_CACHE_FILE_MAX: Final = 128 * 1024 * 1024
+#: Posture check: DKIM selectors tried per domain (given + common ones); each is one query.
+POSTURE_MAX_DKIM_SELECTORS: Final = 50
+#: Posture check: SPF records walked through include/redirect (RFC 7208 §4.6.4 stops an
+#: evaluation at 10 DNS terms; the linter walks a little further to say by how much).
+POSTURE_SPF_MAX_RECORDS: Final = 40
+#: Posture check: MX hosts examined per domain (TLSA, STARTTLS, MTA-STS match).
+POSTURE_MAX_MX: Final = 10
+#: Posture check: domains checked at the same time.
+POSTURE_CONCURRENCY: Final = 8
+#: Posture check: seconds for one MX STARTTLS probe (connect + greeting + EHLO + TLS).
+POSTURE_SMTP_TIMEOUT: Final = 20.0
