@@ -66,6 +66,9 @@ SMTP_CLIENT_DATA_BLOCK: Final = 64 * 1024
 #: SMTP client: octets per BDAT chunk (RFC 3030 sets no size; 1 MiB keeps the server's
 #: per-chunk buffer modest).
 SMTP_CLIENT_BDAT_CHUNK: Final = 1024 * 1024
+#: SMTP client: MX hosts tried per delivery (RFC 5321 §5.1 asks to try more than one; Postfix
+#: smtp_mx_address_limit default 5).
+SMTP_CLIENT_MX_TRIES: Final = 5
 #: RFC 5321 §4.5.3.1.1-3: local-part 64 octets, domain 255 octets, path 256 octets.
 SMTP_LOCAL_PART_MAX: Final = 64
 SMTP_DOMAIN_MAX: Final = 255
