@@ -19,7 +19,10 @@ COMMANDS: dict[str, str] = {
     "user": "mailmoat.cli.user:user",
     "spool": "mailmoat.cli.spool:spool",
     "spf": "mailmoat.cli.spf:spf",
+    "dkim": "mailmoat.cli.dkim:dkim",
     "headers": "mailmoat.cli.headers:headers",
+    "check": "mailmoat.cli.check:check",
+    "verify": "mailmoat.cli.verify:verify",
 }
 
 
@@ -53,3 +56,7 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="mailmoat")
 def main() -> None:
     """mailmoat: a secure, verifiable mail gateway (SMTPS, SPF/DKIM/DMARC, transport evidence)."""
+
+
+if __name__ == "__main__":  # python -m mailmoat.cli.main
+    main()

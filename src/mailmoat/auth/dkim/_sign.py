@@ -1,0 +1,231 @@
+"""DKIM signing (RFC 6376 §5, RFC 8463, RFC 8301).
+
+:func:`sign` returns the ``DKIM-Signature`` header field (folded, lines <= 78 octets, CRLF)
+to put on top of the message. The caller passes the time (``timestamp``/``expire``): this
+layer does not read the clock.
+
+SECURITY: the message may come from a user; it is split with the bounded header parser of
+:mod:`._fields`. The private key is trusted configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+from collections.abc import Sequence
+from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from mailmoat.auth.dkim._fields import split_fields, split_message
+from mailmoat.auth.dkim._keys import PrivateKey
+from mailmoat.auth.dkim._tags import DKIMTagError, check_domain
+from mailmoat.auth.dkim._types import DKIMSigningError
+from mailmoat.auth.dkim._verify import hash_input, index_fields
+from mailmoat.limits import DKIM_RSA_MIN_BITS
+from mailmoat.message.dkim_canon import BodyCanonicalizer, parse_canon_kind
+
+__all__ = ["DEFAULT_OVERSIGN", "DEFAULT_SIGNED_HEADERS", "sign", "sign_dual"]
+
+#: RFC 6376 §5.4.1 "Recommended Signature Content": the fields that make up the message's
+#: meaning to a reader, signed when present.
+DEFAULT_SIGNED_HEADERS: Final = (
+    "From", "Reply-To", "Subject", "Date", "To", "Cc", "Resent-Date", "Resent-From",
+    "Resent-To", "Resent-Cc", "In-Reply-To", "References", "List-Id", "List-Help",
+    "List-Unsubscribe", "List-Unsubscribe-Post", "List-Subscribe", "List-Post", "List-Owner",
+    "List-Archive", "Message-ID", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+    "Sender",
+)
+#: RFC 6376 §8.15 ("Attacks Involving Extra Header Fields"): listing a name once more than it
+#: occurs stops anyone from adding another instance without breaking the signature.
+DEFAULT_OVERSIGN: Final = ("From", "Subject", "Date", "To", "Cc", "Reply-To", "Message-ID",
+                           "MIME-Version", "Content-Type", "Content-Transfer-Encoding")
+
+_WIDTH: Final = 78
+
+
+def _fold(tokens: list[tuple[str, str]], start: str) -> str:
+    """Join (separator, text) tokens after ``start``, folding with CRLF SP so that no line
+    exceeds 78 octets (RFC 5322 §2.1.1 "SHOULD be no more than 78 characters")."""
+    lines = [start]
+    for sep, text in tokens:
+        line = lines[-1]
+        if len(line) + len(sep) + len(text) <= _WIDTH or line == " ":
+            lines[-1] = line + sep + text
+        else:
+            lines.append(" " + text)
+    return "\r\n".join(lines)
+
+
+def _chunks(text: str, first: int, rest: int) -> list[str]:
+    out = [text[:first]]
+    pos = first
+    while pos < len(text):
+        out.append(text[pos : pos + rest])
+        pos += rest
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(
+    headers: tuple[str, ...] | None, oversign: tuple[str, ...]
+) -> tuple[tuple[str, bool, bool], ...]:
+    """(lower-case name, explicitly asked for, over-signed), in h= order, without repeats."""
+    over = {h.lower() for h in oversign}
+    chosen = DEFAULT_SIGNED_HEADERS if headers is None else headers
+    explicit = set() if headers is None else {h.lower() for h in headers}
+    seen: set[str] = set()
+    plan = []
+    for h in (*chosen, *oversign):
+        low = h.lower()
+        if low in seen:
+            continue
+        seen.add(low)
+        if not low.isascii() or not low or ":" in low or any(c <= " " for c in low):
+            raise DKIMSigningError(f"not a header field name: {h!r}")
+        plan.append((low, low in explicit, low in over))
+    return tuple(plan)
+
+
+def _header_list(
+    present: dict[bytes, int], headers: Sequence[str] | None, oversign: Sequence[str]
+) -> list[str]:
+    names: list[str] = []
+    for low, explicit, over in _plan(None if headers is None else tuple(headers),
+                                     tuple(oversign)):
+        count = present.get(low.encode(), 0)
+        if over:
+            # every instance plus one more: adding an instance breaks the signature
+            names.extend([low] * (count + 1))
+        elif count:
+            names.extend([low] * count)
+        elif explicit:
+            names.append(low)  # asserting the field's absence
+    return names
+
+
+def sign(
+    message: bytes,
+    domain: str,
+    selector: str,
+    private_key: PrivateKey,
+    *,
+    headers: Sequence[str] | None = None,
+    oversign: Sequence[str] = DEFAULT_OVERSIGN,
+    canonicalization: tuple[str, str] = ("relaxed", "relaxed"),
+    algorithm: str | None = None,
+    timestamp: int | None = None,
+    expire: int | None = None,
+    identity: str | None = None,
+    body_length: bool = False,
+) -> bytes:
+    """Sign ``message`` (CRLF line ends) and return the ``DKIM-Signature`` field (with CRLF).
+
+    ``headers``: the field names to sign (default: :data:`DEFAULT_SIGNED_HEADERS` present in
+    the message); ``oversign``: names signed once more than they occur; ``timestamp``/
+    ``expire``: t= and x= (UNIX times; ``expire`` absolute); ``body_length``: add l=
+    (discouraged, RFC 6376 §8.2).
+    """
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        # RFC 8301 §3.1: "Signers MUST sign using rsa-sha256."
+        if algorithm not in (None, "rsa-sha256"):
+            raise DKIMSigningError(f"an RSA key signs rsa-sha256, not {algorithm}")
+        algorithm = "rsa-sha256"
+        # RFC 8301 §3.2: "Signers MUST use RSA keys of at least 1024 bits"
+        if private_key.key_size < DKIM_RSA_MIN_BITS:
+            raise DKIMSigningError(f"RSA key of {private_key.key_size} bits is too small")
+    elif isinstance(private_key, ed25519.Ed25519PrivateKey):
+        if algorithm not in (None, "ed25519-sha256"):
+            raise DKIMSigningError(f"an Ed25519 key signs ed25519-sha256, not {algorithm}")
+        algorithm = "ed25519-sha256"
+    else:
+        raise DKIMSigningError("the key must be an RSA or Ed25519 private key")
+    try:
+        c_header = parse_canon_kind(canonicalization[0])
+        c_body = parse_canon_kind(canonicalization[1])
+    except ValueError as exc:
+        raise DKIMSigningError(str(exc)) from None
+    try:
+        check_domain(domain, "domain (d=)")
+        check_domain(selector, "selector (s=)")
+        if identity is not None:
+            local, at, idomain = identity.rpartition("@")
+            id_domain = check_domain(idomain, "identity (i=) domain")
+            if not at or (id_domain != domain.lower().rstrip(".")
+                          and not id_domain.endswith("." + domain.lower().rstrip("."))):
+                raise DKIMTagError("i= must be @d= or a subdomain of d= (RFC 6376 §3.5)")
+            if any(c in local for c in "; \t\r\n") or not local.isascii():
+                raise DKIMTagError("i= local-part has characters a tag value cannot hold")
+    except DKIMTagError as exc:
+        raise DKIMSigningError(f"cannot build a valid signature: {exc}") from None
+    if timestamp is not None and expire is not None and expire <= timestamp:
+        raise DKIMSigningError("expire must be later than timestamp (RFC 6376 §3.5 x=)")
+
+    header, body = split_message(message)
+    fields = split_fields(header)
+    index = index_fields(fields)
+    # §5.4: "The From header field MUST be signed"; a message without one cannot be.
+    if b"from" not in index:
+        raise DKIMSigningError("the message has no From header field")
+    present = {name: len(v) for name, v in index.items()}
+    names = _header_list(present, headers, oversign)
+    if "from" not in names:
+        names.insert(0, "from")
+
+    canon = BodyCanonicalizer(c_body)
+    canon.update(body)
+    body_hash = base64.b64encode(canon.digest()).decode("ascii")
+
+    tokens: list[tuple[str, str]] = [
+        (" ", "v=1;"),
+        (" ", f"a={algorithm};"),
+        (" ", f"c={c_header}/{c_body};"),
+        (" ", f"d={domain};"),
+        (" ", f"s={selector};"),
+    ]
+    if identity is not None:
+        tokens.append((" ", f"i={identity};"))
+    if timestamp is not None:
+        tokens.append((" ", f"t={int(timestamp)};"))
+    if expire is not None:
+        tokens.append((" ", f"x={int(expire)};"))
+    if body_length:
+        tokens.append((" ", f"l={canon.length};"))
+    for i, name in enumerate(names):
+        text = name + (":" if i < len(names) - 1 else ";")
+        tokens.append((" " if i == 0 else "", ("h=" if i == 0 else "") + text))
+    tokens.append((" ", f"bh={body_hash};"))
+    tokens.append((" ", "b="))
+    unsigned = _fold(tokens, "DKIM-Signature:")
+
+    data = hash_input(index, [n.encode("ascii") for n in names], c_header == "relaxed",
+                      unsigned.encode("ascii"))
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        value = private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data
+        value = private_key.sign(hashlib.sha256(data).digest())
+    b64 = base64.b64encode(value).decode("ascii")
+    last = unsigned.rsplit("\r\n", 1)[-1]
+    pieces = _chunks(b64, max(0, _WIDTH - len(last)), _WIDTH - 1)
+    field = unsigned + pieces[0] + "".join("\r\n " + p for p in pieces[1:]) + "\r\n"
+    return field.encode("ascii")
+
+
+def sign_dual(
+    message: bytes,
+    domain: str,
+    *,
+    rsa_selector: str,
+    rsa_key: rsa.RSAPrivateKey,
+    ed25519_selector: str,
+    ed25519_key: ed25519.Ed25519PrivateKey,
+    **options: object,
+) -> bytes:
+    """RFC 8463 §5 suggests signing with both an RSA and an Ed25519 key while verifiers
+    adopt Ed25519: returns both fields (Ed25519 first), to put on top of the message."""
+    ed = sign(message, domain, ed25519_selector, ed25519_key, **options)  # type: ignore[arg-type]
+    rs = sign(message, domain, rsa_selector, rsa_key, **options)  # type: ignore[arg-type]
+    return ed + rs
