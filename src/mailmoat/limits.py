@@ -157,6 +157,12 @@ DKIM_CLOCK_SKEW: Final = 300
 DKIM_CANON_PENDING_MAX: Final = 64 * 1024
 #: RFC 8617 §5.1.1.1: at most 50 ARC sets.
 ARC_MAX_INSTANCES: Final = 50
+#: Distinct AMS body hashes (c=, a=, l= combinations) computed for one ARC chain. Each is a
+#: full pass over the body; real sealers all use relaxed/rsa-sha256 without l= (one pass). The
+#: newest AMS is always checked (RFC 8617 §5.2 step 4); older AMSs beyond this bound are left
+#: unchecked for oldest-pass (an optional step, §5.2 step 5), so 50 crafted sets cannot make
+#: us hash a 50 MB body 50 times.
+ARC_MAX_BODY_HASHES: Final = 4
 #: Longest DMARC policy record we parse (all strings of the TXT record joined, RFC 7489 §6.1 /
 #: RFC 9989 §4.5). Real records are under 300 octets; a long rua/ruf list stays under 2 KiB.
 #: Longer records are treated as not parseable (no DMARC record).
@@ -311,3 +317,31 @@ POSTURE_MAX_MX: Final = 10
 POSTURE_CONCURRENCY: Final = 8
 #: Posture check: seconds for one MX STARTTLS probe (connect + greeting + EHLO + TLS).
 POSTURE_SMTP_TIMEOUT: Final = 20.0
+#: store/: seconds a SQLite call waits for another process's write lock before failing
+#: (sqlite3 ``timeout``; Postfix's queue manager waits on its locks in the same seconds range).
+STORE_BUSY_TIMEOUT: Final = 30.0
+#: store/: due rows scanned per claimed row, so per-destination limits can skip a busy
+#: destination's rows and still fill a batch (a bound on one claim's work).
+STORE_CLAIM_SCAN_FACTOR: Final = 8
+#: Delivery queue: first retry after a temporary failure, in seconds (Postfix
+#: ``minimal_backoff_time`` 300 s), doubled per attempt up to QUEUE_MAX_BACKOFF.
+QUEUE_MIN_BACKOFF: Final = 300.0
+#: Delivery queue: longest wait between attempts (Postfix ``maximal_backoff_time`` 4000 s).
+QUEUE_MAX_BACKOFF: Final = 4000.0
+#: Delivery queue: a message still undelivered this long after it was queued is bounced
+#: (Postfix ``maximal_queue_lifetime`` 5 d; RFC 5321 §4.5.4.1: "at least 4-5 days").
+QUEUE_MAX_AGE: Final = 5 * 24 * 3600.0
+#: Delivery queue: seconds a claim is leased to a worker; a claim that outlives it (the
+#: worker died or hung) returns to the queue. Longer than a whole SMTP attempt's timeouts
+#: would be 30+ min; the worker renews its lease while it works (see gateway.queue).
+QUEUE_LEASE: Final = 300.0
+#: Delivery queue: deliveries in flight to one destination at once (Postfix
+#: ``default_destination_concurrency_limit`` 20).
+QUEUE_DESTINATION_CONCURRENCY: Final = 20
+#: Delivery queue: rows claimed per poll by one worker loop.
+QUEUE_CLAIM_BATCH: Final = 50
+#: LMTP (RFC 2033) client: seconds to wait for each reply (RFC 5321 §4.5.3.2 DATA
+#: termination 10 min; local delivery is faster, Postfix ``lmtp_data_done_timeout`` 600 s).
+LMTP_REPLY_TIMEOUT: Final = 600.0
+#: LMTP client: seconds to connect (Postfix ``lmtp_connect_timeout`` 0 = none; we bound it).
+LMTP_CONNECT_TIMEOUT: Final = 30.0

@@ -1,7 +1,9 @@
 """Sender authentication (layer L2): pure policy over an injected resolver.
 
 Subpackages: :mod:`mailmoat.auth.spf` (RFC 7208), :mod:`mailmoat.auth.dkim` (RFC 6376),
-:mod:`mailmoat.auth.dmarc` (RFC 7489 / RFC 9989), :mod:`mailmoat.auth.authres` (RFC 8601).
+:mod:`mailmoat.auth.dmarc` (RFC 7489 / RFC 9989), :mod:`mailmoat.auth.authres` (RFC 8601),
+:mod:`mailmoat.auth.arc` (RFC 8617); :mod:`mailmoat.auth.verify` runs them all for one
+received message.
 Outcomes are values (pass / fail / softfail / neutral / none / temperror / permerror), never
 exceptions (ARCHITECTURE.md rule 5). The SPF entry points are re-exported here.
 """
