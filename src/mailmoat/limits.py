@@ -317,6 +317,16 @@ POSTURE_MAX_MX: Final = 10
 POSTURE_CONCURRENCY: Final = 8
 #: Posture check: seconds for one MX STARTTLS probe (connect + greeting + EHLO + TLS).
 POSTURE_SMTP_TIMEOUT: Final = 20.0
+#: DANE (auth.dane): TLSA records considered per name. RFC 6698 sets none; a TLSA RRset holds
+#: a few records (current + next key, RFC 7671 §8.1); 100 is far above any real RRset.
+DANE_MAX_TLSA: Final = 100
+#: DANE (auth.dane): certificates of a presented chain examined (OpenSSL's default
+#: verify depth is 100; real SMTP chains have 2-4).
+DANE_MAX_CHAIN: Final = 16
+#: TLS probe (net.probe): default seconds per step (connect, greeting, each reply, handshake)
+#: of ``mailmoat probe``; posttls-finger's default timeouts are 30 s (connect) and 300 s
+#: (replies), too long for an interactive probe.
+PROBE_TIMEOUT: Final = 30.0
 #: store/: seconds a SQLite call waits for another process's write lock before failing
 #: (sqlite3 ``timeout``; Postfix's queue manager waits on its locks in the same seconds range).
 STORE_BUSY_TIMEOUT: Final = 30.0
@@ -345,3 +355,42 @@ QUEUE_CLAIM_BATCH: Final = 50
 LMTP_REPLY_TIMEOUT: Final = 600.0
 #: LMTP client: seconds to connect (Postfix ``lmtp_connect_timeout`` 0 = none; we bound it).
 LMTP_CONNECT_TIMEOUT: Final = 30.0
+
+# --- Submission API for web forms (message.compose, gateway.submit_api, web.submit) ---------
+#: Characters of a Subject (or an unstructured extra header value). RFC 5322 sets no bound
+#: beyond 998-octet lines (folding makes longer fields legal); Outlook keeps 255 characters,
+#: Gmail shows about 250. 1000 leaves room for long subjects and stops a form from being used
+#: to send megabyte-long header fields.
+SUBMIT_SUBJECT_MAX: Final = 1000
+#: Characters of one address field as given ("Display Name <local@domain>"): the display name
+#: (SUBMIT_DISPLAY_NAME_MAX) plus an RFC 5321 §4.5.3.1.3 path (256 octets) and punctuation.
+SUBMIT_ADDRESS_FIELD_MAX: Final = 600
+#: Characters of a display name. RFC 5322 sets none; 256 keeps a quoted (escaped) name plus
+#: its address on one line under the 998-octet limit (RFC 5322 §2.1.1).
+SUBMIT_DISPLAY_NAME_MAX: Final = 256
+#: Recipients (To + Cc + Bcc) of one submitted message. RFC 5321 §4.5.3.1.8 asks servers to
+#: accept 100 RCPTs; a web form needs few; Gmail's SMTP limit is 100 per message.
+SUBMIT_MAX_RECIPIENTS: Final = 100
+#: Attachments per message and characters of one file name (NAME_MAX of ext4/NTFS is 255).
+SUBMIT_MAX_ATTACHMENTS: Final = 20
+SUBMIT_FILENAME_MAX: Final = 255
+#: Extra header fields per message, and characters of one extra header field name (RFC 5322
+#: sets none; registered names are under 40 characters, the 998-octet line bounds the rest).
+SUBMIT_MAX_EXTRA_HEADERS: Final = 20
+SUBMIT_HEADER_NAME_MAX: Final = 76
+#: Largest composed message (headers, encoded body and attachments). Gmail and Outlook.com
+#: cap messages at 25 MB; base64 makes attachments 4/3 larger, so 25 MiB here is about 18 MiB
+#: of attached files.
+SUBMIT_MAX_MESSAGE_SIZE: Final = 25 * 1024 * 1024
+#: Largest HTTP request body of the submission endpoint: the message cap inflated by base64
+#: (4/3) for attachments in JSON, plus 1 MiB for the other fields and JSON syntax.
+SUBMIT_HTTP_BODY_MAX: Final = SUBMIT_MAX_MESSAGE_SIZE * 4 // 3 + 1024 * 1024
+#: Requests per API token: a bucket of this burst refilled at this rate (tokens per second).
+#: One message per second sustained (60/min), bursts of 60: above any contact form's traffic,
+#: well below what a leaked token would need to spam. (AWS SES sandbox: 1 msg/s.)
+SUBMIT_TOKEN_BURST: Final = 60
+SUBMIT_TOKEN_REFILL: Final = 1.0
+#: Requests per client IP (IPv6: per /64), counted before the token check so that guessing
+#: tokens is limited too: bursts of 20, then one every 6 s (10/min).
+SUBMIT_IP_BURST: Final = 20
+SUBMIT_IP_REFILL: Final = 1.0 / 6.0

@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "headers": "mailmoat.cli.headers:headers",
     "check": "mailmoat.cli.check:check",
     "verify": "mailmoat.cli.verify:verify",
+    "probe": "mailmoat.cli.probe:probe",
+    "queue": "mailmoat.cli.queue:queue",
 }
 
 
