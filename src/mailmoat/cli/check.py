@@ -44,8 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from mailmoat.cli._dns_options import make_resolver, resolver_option
-from mailmoat.errors import ConfigError
+from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
 from mailmoat.gateway.posture import (
     SCHEMA_VERSION,
     DomainReport,
@@ -56,12 +55,9 @@ from mailmoat.gateway.posture import (
 )
 from mailmoat.net.fetch import Fetcher
 from mailmoat.net.starttls_probe import ProbeResult, probe_starttls
-from mailmoat.resolver import FakeResolver, Resolver
+from mailmoat.resolver import Resolver
 
 __all__ = ["check"]
-
-#: Largest zone file ``--zone`` reads (a test zone, not a registry dump).
-ZONE_FILE_MAX = 4 * 1024 * 1024
 
 _STYLE = {
     Severity.OK: "green",
@@ -97,20 +93,6 @@ def _map_hosts(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return mapping
 
 
-def _load_zone(path: Path) -> FakeResolver:
-    try:
-        with path.open("rb") as f:
-            data = f.read(ZONE_FILE_MAX + 1)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
-                                 param_hint="--zone") from None
-    if len(data) > ZONE_FILE_MAX:
-        raise click.BadParameter(f"{path} is larger than {ZONE_FILE_MAX} octets",
-                                 param_hint="--zone")
-    try:
-        return FakeResolver.from_zone_text(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--zone") from None
 
 
 def _print_report(report: DomainReport, console: Console) -> None:
@@ -163,8 +145,7 @@ async def _run(
 @click.command()
 @click.argument("domains", nargs=-1, required=True, metavar="DOMAIN...")
 @resolver_option
-@click.option("--zone", "zone", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              metavar="FILE", help="Answer DNS from this zone file instead of the network.")
+@zone_option
 @click.option("--selector", "selectors", multiple=True, metavar="S",
               help="DKIM selector to look for (repeatable); common ones are tried too.")
 @click.option("--no-common-selectors", is_flag=True,
@@ -189,18 +170,9 @@ def check(*, domains: tuple[str, ...], resolvers: tuple[str, ...], zone: Path | 
 
     Exit code 0 when no finding is an error, 1 when one is; 2 on usage errors.
     """
-    if zone is not None and resolvers:
-        raise click.UsageError("--zone and --resolver exclude each other")
     if zone is not None and dnssec:
         raise click.UsageError("--dnssec needs a validating --resolver, not --zone")
-    resolver: Resolver
-    if zone is not None:
-        resolver = _load_zone(zone)
-    else:
-        try:
-            resolver = make_resolver(resolvers, trust_ad=dnssec)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+    resolver = pick_resolver(resolvers, zone, trust_ad=dnssec)
     options = PostureOptions(selectors=selectors, common_selectors=not no_common_selectors,
                              smtp=not no_smtp, dnssec_validating=dnssec)
     err = Console(stderr=True, highlight=False)

@@ -47,11 +47,9 @@ from mailmoat.auth.dkim import (
     txt_strings,
     verify,
 )
-from mailmoat.cli._dns_options import make_resolver, resolver_option
+from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
 from mailmoat.clock import FixedClock
 from mailmoat.errors import MailmoatError
-from mailmoat.resolver import Resolver
-from mailmoat.resolver.fake import FakeResolver
 
 __all__ = ["dkim"]
 
@@ -161,26 +159,15 @@ def sign_cmd(*, message: str, domain: str, selector: str, key_path: str, algorit
 @dkim.command(name="verify")
 @click.argument("message", metavar="MSG")
 @resolver_option
-@click.option("--zone", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              metavar="FILE", help="Answer DNS from this zone file instead of the network.")
+@zone_option
 @click.option("--now", type=click.IntRange(0, None), default=None, metavar="UNIX_TIME",
               help="Check t=/x= against this time (reproducible results).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def verify_cmd(*, message: str, resolvers: tuple[str, ...], zone: Path | None, now: int | None,
                as_json: bool) -> None:
     """Verify every DKIM-Signature of MSG."""
-    if zone is not None and resolvers:
-        raise click.UsageError("--zone and --resolver exclude each other")
+    resolver = pick_resolver(resolvers, zone)
     data = normalize_line_endings(_read(message, MESSAGE_FILE_MAX, "MSG"))
-    resolver: Resolver
-    if zone is not None:
-        try:
-            text = _read(str(zone), SMALL_FILE_MAX, "--zone").decode("utf-8")
-            resolver = FakeResolver.from_zone_text(text)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise click.BadParameter(f"{zone}: {exc}", param_hint="--zone") from None
-    else:
-        resolver = make_resolver(resolvers)
     clock = FixedClock(wall=float(time.time() if now is None else now))
     try:
         results = asyncio.run(verify(data, resolver, clock=clock))

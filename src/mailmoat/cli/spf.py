@@ -41,15 +41,9 @@ from rich.text import Text
 
 from mailmoat import limits
 from mailmoat.auth.spf import SPFOptions, SPFResult, SPFVerdict, check_helo, check_mailfrom
-from mailmoat.cli._dns_options import make_resolver, resolver_option
-from mailmoat.errors import ConfigError
-from mailmoat.resolver import Resolver
-from mailmoat.resolver.fake import FakeResolver
+from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
 
 __all__ = ["spf"]
-
-#: Largest zone file ``--zone`` reads (a test zone, not a registry dump).
-ZONE_FILE_MAX = 4 * 1024 * 1024
 
 _STYLE = {
     SPFVerdict.PASS: "bold green",
@@ -70,20 +64,6 @@ def _ip(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.strip()
 
 
-def _load_zone(path: Path) -> FakeResolver:
-    try:
-        with path.open("rb") as f:
-            data = f.read(ZONE_FILE_MAX + 1)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}",
-                                 param_hint="--zone") from None
-    if len(data) > ZONE_FILE_MAX:
-        raise click.BadParameter(f"{path} is larger than {ZONE_FILE_MAX} octets",
-                                 param_hint="--zone")
-    try:
-        return FakeResolver.from_zone_text(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--zone") from None
 
 
 def _print_human(result: SPFResult, console: Console) -> None:
@@ -123,8 +103,7 @@ def _print_human(result: SPFResult, console: Console) -> None:
               help="The MAIL FROM address; '' or '<>' (null path) checks the HELO identity.")
 @click.option("--helo", default=None, metavar="NAME", help="The HELO/EHLO name (%{h} macro).")
 @resolver_option
-@click.option("--zone", "zone", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              metavar="FILE", help="Answer DNS from this zone file instead of the network.")
+@zone_option
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=300.0),
               default=limits.SPF_EVALUATION_TIMEOUT, show_default=True,
               help="Overall evaluation deadline in seconds (RFC 7208 §4.6.4: temperror after).")
@@ -139,16 +118,7 @@ def spf(*, ip: str, mail_from: str | None, helo: str | None, resolvers: tuple[st
     """
     if mail_from is None and helo is None:
         raise click.UsageError("give --mail-from (and --helo), or --helo alone")
-    if zone is not None and resolvers:
-        raise click.UsageError("--zone and --resolver exclude each other")
-    resolver: Resolver
-    if zone is not None:
-        resolver = _load_zone(zone)
-    else:
-        try:
-            resolver = make_resolver(resolvers)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+    resolver = pick_resolver(resolvers, zone)
     options = SPFOptions(timeout=timeout, receiver=receiver)
     if mail_from is None:
         coro = check_helo(resolver, ip, helo or "", options=options)

@@ -44,19 +44,14 @@ from mailmoat import limits
 from mailmoat.auth.dkim import normalize_line_endings
 from mailmoat.auth.spf import SPFOptions
 from mailmoat.auth.verify import VerifyOptions, authenticate
-from mailmoat.cli._dns_options import make_resolver, resolver_option
+from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
 from mailmoat.clock import SYSTEM_CLOCK, Clock, FixedClock
-from mailmoat.errors import ConfigError, LimitExceeded
-from mailmoat.resolver import Resolver
-from mailmoat.resolver.fake import FakeResolver
+from mailmoat.errors import LimitExceeded
 
 __all__ = ["verify"]
 
 #: Largest message read: the SMTP size limit we advertise (RFC 1870 SIZE).
 MESSAGE_FILE_MAX = limits.SMTP_MAX_MESSAGE_SIZE
-#: Largest zone file ``--zone`` reads (a test zone, not a registry dump; as ``mailmoat spf``).
-ZONE_FILE_MAX = 4 * 1024 * 1024
-
 
 def _read(path: str, limit: int, hint: str) -> bytes:
     try:
@@ -80,12 +75,6 @@ def _ip(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.strip()
 
 
-def _zone(path: Path) -> FakeResolver:
-    text = _read(str(path), ZONE_FILE_MAX, "--zone")
-    try:
-        return FakeResolver.from_zone_text(text.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--zone") from None
 
 
 @click.command()
@@ -96,8 +85,7 @@ def _zone(path: Path) -> FakeResolver:
 @click.option("--mail-from", "mail_from", required=True, metavar="ADDR",
               help="The MAIL FROM address; '' or '<>' is the null reverse-path.")
 @resolver_option
-@click.option("--zone", "zone", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              metavar="FILE", help="Answer DNS from this zone file instead of the network.")
+@zone_option
 @click.option("--now", type=click.IntRange(0, None), default=None, metavar="UNIX_TIME",
               help="Fix the clock (t=/x= checks); default: now.")
 @click.option("--authserv-id", "authserv_id", default=None, metavar="ID",
@@ -110,17 +98,8 @@ def verify(*, message: str, ip: str, helo: str, mail_from: str, resolvers: tuple
 
     Exit code 0 whatever the results; 1 if the message cannot be evaluated; 2 on usage errors.
     """
-    if zone is not None and resolvers:
-        raise click.UsageError("--zone and --resolver exclude each other")
+    resolver = pick_resolver(resolvers, zone)
     data = normalize_line_endings(_read(message, MESSAGE_FILE_MAX, "MSG"))
-    resolver: Resolver
-    if zone is not None:
-        resolver = _zone(zone)
-    else:
-        try:
-            resolver = make_resolver(resolvers)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
     clock: Clock = SYSTEM_CLOCK if now is None else FixedClock(wall=float(now))
     server = authserv_id or platform.node() or "localhost"
     options = VerifyOptions(spf=SPFOptions(receiver=server))

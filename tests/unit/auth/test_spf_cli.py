@@ -128,7 +128,7 @@ def test_registered_in_main() -> None:
 
 
 def test_zone_file_size_bound(tmp_path: Path) -> None:
-    from mailmoat.cli.spf import ZONE_FILE_MAX
+    from mailmoat.cli._dns_options import ZONE_FILE_MAX
 
     big = tmp_path / "big.zone"
     big.write_bytes(b";" * (ZONE_FILE_MAX + 1))
@@ -138,10 +138,10 @@ def test_zone_file_size_bound(tmp_path: Path) -> None:
 
 
 def test_no_nameserver_exits_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mailmoat.cli.spf as cli
+    import mailmoat.cli._dns_options as cli
     from mailmoat.errors import ConfigError
 
-    def no_servers(values: object) -> None:
+    def no_servers(values: object, **kwargs: object) -> None:
         raise ConfigError("no nameserver configured", key="resolver")
 
     monkeypatch.setattr(cli, "make_resolver", no_servers)
