@@ -394,3 +394,9 @@ SUBMIT_TOKEN_REFILL: Final = 1.0
 #: tokens is limited too: bursts of 20, then one every 6 s (10/min).
 SUBMIT_IP_BURST: Final = 20
 SUBMIT_IP_REFILL: Final = 1.0 / 6.0
+#: DSN (RFC 3464): largest original message returned whole in a bounce; larger ones are
+#: returned as headers only (Postfix ``bounce_size_limit`` 50000).
+DSN_RETURN_MAX: Final = 50_000
+#: Delivery queue: a "delayed" DSN is sent once a message has waited this long, to senders
+#: who asked for NOTIFY=DELAY (RFC 3461 §4.1; sendmail's Timeout.queuewarn 4h).
+QUEUE_DELAY_WARNING: Final = 4 * 3600.0

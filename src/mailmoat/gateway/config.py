@@ -62,6 +62,15 @@ Example (all keys; every section but ``[[listener]]`` is optional)::
     dir = "spool"
     fsync = true
 
+    [submission_api]                # web-form submission endpoint (off by default)
+    enabled = true
+    address = "127.0.0.1"
+    port = 8587
+    tokens = { website = "a-secret-of-at-least-32-characters..." }
+    allowed_from_domains = ["example.org"]   # default: relay.local_domains
+    trusted_proxies = ["127.0.0.0/8", "::1/128"]   # X-Forwarded-For believed from these
+    dkim = [ { domain = "example.org", selector = "s1", key = "dkim/s1.pem" } ]
+
 Listener semantics
     ``mode = "implicit-tls"`` (RFC 8314 §3.3, port 465): TLS from the first byte.
     ``mode = "starttls"`` (RFC 3207): STARTTLS offered; ``mode = "plain"``: STARTTLS offered
@@ -127,6 +136,8 @@ __all__ = [
     "ServerConfig",
     "SmtpConfig",
     "SpoolConfig",
+    "SubmissionAPIConfig",
+    "SubmissionDKIMConfig",
     "TLSConfig",
     "TimeoutsConfig",
     "default_config",
@@ -276,6 +287,93 @@ class SpoolConfig(_Model):
     fsync: bool = True
 
 
+class StoreConfig(_Model):
+    """``[store]``: verdicts and the delivery queue (store/). ``url`` is ``sqlite:PATH``
+    (relative to ``server.data_dir``) or ``postgresql://...[?schema=NAME]``; default
+    ``DATA_DIR/mailmoat.db``."""
+
+    url: str | None = None
+
+
+class DeliveryConfig(_Model):
+    """``[delivery]``: where accepted mail goes (gateway/deliver.py destinations, e.g.
+    ``lmtp://127.0.0.1:24``, ``smtp://mail.internal:25``, ``maildir:/srv/mail/%u``) and how
+    the queue retries (gateway/queue.py)."""
+
+    destination: str | None = None
+    workers: int = Field(default=2, ge=1, le=1024)
+    per_destination: int = Field(default=limits.QUEUE_DESTINATION_CONCURRENCY, ge=1, le=10_000)
+    min_backoff: PositiveSeconds = limits.QUEUE_MIN_BACKOFF
+    max_backoff: PositiveSeconds = limits.QUEUE_MAX_BACKOFF
+    max_age: float = Field(default=limits.QUEUE_MAX_AGE, gt=0, le=366 * 86_400)
+    lease: PositiveSeconds = limits.QUEUE_LEASE
+
+
+class SubmissionDKIMConfig(_Model):
+    """One DKIM key the submission API signs with (RFC 6376): mail whose From domain is
+    ``domain`` or a subdomain of it is signed ``d=domain; s=selector``."""
+
+    domain: str
+    selector: str = Field(min_length=1, max_length=63)
+    key: Path
+
+    @field_validator("domain")
+    @classmethod
+    def _dkim_domain(cls, value: str) -> str:
+        return _domain(value)
+
+
+class SubmissionAPIConfig(_Model):
+    """``[submission_api]``: the web-form submission endpoint (gateway/submit_api.py,
+    web/submit.py). Off by default; when on, it needs at least one bearer token."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: Port = 8587
+    #: name -> secret; the name is recorded as the message's auth_user ("api:NAME").
+    tokens: dict[str, Annotated[str, Field(min_length=32, max_length=512)]] = {}
+    #: From domains a caller may use; empty: [relay] local_domains.
+    allowed_from_domains: tuple[str, ...] = ()
+    #: Envelope sender (bounces); default: the From address.
+    envelope_from: str | None = None
+    max_message_size: int = Field(default=limits.SUBMIT_MAX_MESSAGE_SIZE, ge=1024, le=2**31)
+    token_burst: int = Field(default=limits.SUBMIT_TOKEN_BURST, ge=1, le=1_000_000)
+    token_refill: float = Field(default=limits.SUBMIT_TOKEN_REFILL, gt=0, le=1_000_000)
+    ip_burst: int = Field(default=limits.SUBMIT_IP_BURST, ge=1, le=1_000_000)
+    ip_refill: float = Field(default=limits.SUBMIT_IP_REFILL, gt=0, le=1_000_000)
+    #: Peers whose X-Forwarded-For names the client (a local reverse proxy or the web
+    #: backend passing the visitor's IP); such a peer without the header is limited per
+    #: token only.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv6Network("::1/128"))
+    dkim: tuple[SubmissionDKIMConfig, ...] = ()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        return RelayConfig._networks(value)
+
+    @field_validator("address")
+    @classmethod
+    def _api_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+
+    @field_validator("allowed_from_domains")
+    @classmethod
+    def _from_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_domain(d) for d in value))
+
+    @model_validator(mode="after")
+    def _needs_token(self) -> Self:
+        if self.enabled and not self.tokens:
+            raise _KeyedError("submission_api.tokens",
+                              "the submission API is enabled but has no token")
+        return self
+
+
 class Config(_Model):
     """The whole validated configuration. ``source`` is the file it came from, if any."""
 
@@ -287,6 +385,9 @@ class Config(_Model):
     relay: RelayConfig = RelayConfig()
     auth: AuthConfig = AuthConfig()
     spool: SpoolConfig = SpoolConfig()
+    submission_api: SubmissionAPIConfig = SubmissionAPIConfig()
+    store: StoreConfig = StoreConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     @model_validator(mode="after")
     def _listeners(self) -> Self:
@@ -324,6 +425,17 @@ class Config(_Model):
     @property
     def spool_dir(self) -> Path:
         return self.spool.dir
+
+    @property
+    def store_url(self) -> str:
+        """The store URL (:func:`mailmoat.store.open_store`); relative SQLite paths are under
+        ``server.data_dir``."""
+        url = self.store.url
+        if url is None:
+            return f"sqlite:{self.server.data_dir / 'mailmoat.db'}"
+        if url.startswith("sqlite:") and not url.startswith("sqlite:/"):
+            return f"sqlite:{self.server.data_dir / url.removeprefix('sqlite:')}"
+        return url
 
 
 class _KeyedError(ValueError):
@@ -411,10 +523,21 @@ def _resolve(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
 
     rel("auth", "users_file")
     rel("spool", "dir")
-    if "auth" not in out:
-        out["auth"] = {"users_file": str(data_dir / USERS_FILE_NAME)}
-    if "spool" not in out:
-        out["spool"] = {"dir": str(data_dir / "spool")}
+    # A section present without its path key still gets the default under data_dir.
+    for section, key, default in (("auth", "users_file", USERS_FILE_NAME),
+                                  ("spool", "dir", "spool")):
+        sect = out.get(section)
+        if sect is None:
+            out[section] = {key: str(data_dir / default)}
+        elif isinstance(sect, dict) and key not in sect:
+            out[section] = {**sect, key: str(data_dir / default)}
+    api = out.get("submission_api")
+    if isinstance(api, dict) and isinstance(api.get("dkim"), list):
+        out["submission_api"] = {**api, "dkim": [
+            {**item, "key": str(data_dir / item["key"])}
+            if isinstance(item, dict) and isinstance(item.get("key"), str) else item
+            for item in api["dkim"]
+        ]}
     tls = out.get("tls")
     if isinstance(tls, dict) and isinstance(tls.get("certificates"), list):
         certs = []
