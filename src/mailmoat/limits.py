@@ -390,10 +390,18 @@ SUBMIT_HTTP_BODY_MAX: Final = SUBMIT_MAX_MESSAGE_SIZE * 4 // 3 + 1024 * 1024
 #: well below what a leaked token would need to spam. (AWS SES sandbox: 1 msg/s.)
 SUBMIT_TOKEN_BURST: Final = 60
 SUBMIT_TOKEN_REFILL: Final = 1.0
-#: Requests per client IP (IPv6: per /64), counted before the token check so that guessing
-#: tokens is limited too: bursts of 20, then one every 6 s (10/min).
+#: Requests per client IP (IPv6: per /64; behind a trusted proxy, the X-Forwarded-For client),
+#: counted before the token check so that guessing tokens is limited too: bursts of 20, then
+#: one every 6 s (10/min).
 SUBMIT_IP_BURST: Final = 20
 SUBMIT_IP_REFILL: Final = 1.0 / 6.0
+#: Seconds a client may take to send the request body (slowloris bound; RFC 5321 §4.5.3.2.5
+#: gives an SMTP data block 3 minutes, a form post of at most ~35 MiB needs far less than 60 s
+#: on any link a web server would use).
+SUBMIT_HTTP_BODY_TIMEOUT: Final = 60.0
+#: Concurrent connections to the submission endpoint (uvicorn limit_concurrency; beyond it
+#: new requests get 503). A form backend needs a handful; each may hold a 35 MiB body.
+SUBMIT_HTTP_MAX_CONNECTIONS: Final = 64
 #: DSN (RFC 3464): largest original message returned whole in a bounce; larger ones are
 #: returned as headers only (Postfix ``bounce_size_limit`` 50000).
 DSN_RETURN_MAX: Final = 50_000
