@@ -48,6 +48,7 @@ from mailmoat.auth.dkim import (
     verify,
 )
 from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
+from mailmoat.cli._params import read_input
 from mailmoat.clock import FixedClock
 from mailmoat.errors import MailmoatError
 
@@ -59,18 +60,6 @@ MESSAGE_FILE_MAX = 50 * 1024 * 1024
 SMALL_FILE_MAX = 4 * 1024 * 1024
 
 
-def _read(path: str, limit: int, hint: str) -> bytes:
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
-    except OSError as exc:
-        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint=hint) from None
-    if len(data) > limit:
-        raise click.BadParameter(f"{path}: larger than {limit} octets", param_hint=hint)
-    return data
 
 
 @click.group()
@@ -134,9 +123,9 @@ def sign_cmd(*, message: str, domain: str, selector: str, key_path: str, algorit
              canon: str, headers: tuple[str, ...], expire_in: int | None,
              now: int | None) -> None:
     """Sign MSG and print the signed message."""
-    data = normalize_line_endings(_read(message, MESSAGE_FILE_MAX, "MSG"))
+    data = normalize_line_endings(read_input(message, MESSAGE_FILE_MAX, "MSG"))
     try:
-        key = load_private_key(_read(key_path, SMALL_FILE_MAX, "--key"))
+        key = load_private_key(read_input(key_path, SMALL_FILE_MAX, "--key"))
     except DKIMSigningError as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from None
     timestamp = int(time.time()) if now is None else now
@@ -167,7 +156,7 @@ def verify_cmd(*, message: str, resolvers: tuple[str, ...], zone: Path | None, n
                as_json: bool) -> None:
     """Verify every DKIM-Signature of MSG."""
     resolver = pick_resolver(resolvers, zone)
-    data = normalize_line_endings(_read(message, MESSAGE_FILE_MAX, "MSG"))
+    data = normalize_line_endings(read_input(message, MESSAGE_FILE_MAX, "MSG"))
     clock = FixedClock(wall=float(time.time() if now is None else now))
     try:
         results = asyncio.run(verify(data, resolver, clock=clock))

@@ -30,7 +30,6 @@ never as rich markup.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from rich.text import Text
 from mailmoat import limits
 from mailmoat.auth.spf import SPFOptions, SPFResult, SPFVerdict, check_helo, check_mailfrom
 from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
+from mailmoat.cli._params import ip_callback
 
 __all__ = ["spf"]
 
@@ -56,12 +56,6 @@ _STYLE = {
 }
 
 
-def _ip(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        ipaddress.ip_address(value.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an IPv4 or IPv6 address") from None
-    return value.strip()
 
 
 
@@ -97,7 +91,7 @@ def _print_human(result: SPFResult, console: Console) -> None:
 
 
 @click.command()
-@click.option("--ip", "ip", required=True, callback=_ip, metavar="IP",
+@click.option("--ip", "ip", required=True, callback=ip_callback, metavar="IP",
               help="The SMTP client's address (IPv4 or IPv6).")
 @click.option("--mail-from", "mail_from", default=None, metavar="ADDR",
               help="The MAIL FROM address; '' or '<>' (null path) checks the HELO identity.")

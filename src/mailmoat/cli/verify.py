@@ -30,10 +30,8 @@ as rich markup.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import platform
-import sys
 from pathlib import Path
 
 import click
@@ -45,6 +43,7 @@ from mailmoat.auth.dkim import normalize_line_endings
 from mailmoat.auth.spf import SPFOptions
 from mailmoat.auth.verify import VerifyOptions, authenticate
 from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
+from mailmoat.cli._params import ip_callback, read_input
 from mailmoat.clock import SYSTEM_CLOCK, Clock, FixedClock
 from mailmoat.errors import LimitExceeded
 
@@ -53,33 +52,15 @@ __all__ = ["verify"]
 #: Largest message read: the SMTP size limit we advertise (RFC 1870 SIZE).
 MESSAGE_FILE_MAX = limits.SMTP_MAX_MESSAGE_SIZE
 
-def _read(path: str, limit: int, hint: str) -> bytes:
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
-    except OSError as exc:
-        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint=hint) from None
-    if len(data) > limit:
-        raise click.BadParameter(f"{path}: larger than {limit} octets", param_hint=hint)
-    return data
 
 
-def _ip(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        ipaddress.ip_address(value.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an IPv4 or IPv6 address") from None
-    return value.strip()
 
 
 
 
 @click.command()
 @click.argument("message", metavar="MSG")
-@click.option("--ip", "ip", required=True, callback=_ip, metavar="IP",
+@click.option("--ip", "ip", required=True, callback=ip_callback, metavar="IP",
               help="The SMTP client's address (IPv4 or IPv6).")
 @click.option("--helo", required=True, metavar="NAME", help="The HELO/EHLO name.")
 @click.option("--mail-from", "mail_from", required=True, metavar="ADDR",
@@ -99,7 +80,7 @@ def verify(*, message: str, ip: str, helo: str, mail_from: str, resolvers: tuple
     Exit code 0 whatever the results; 1 if the message cannot be evaluated; 2 on usage errors.
     """
     resolver = pick_resolver(resolvers, zone)
-    data = normalize_line_endings(_read(message, MESSAGE_FILE_MAX, "MSG"))
+    data = normalize_line_endings(read_input(message, MESSAGE_FILE_MAX, "MSG"))
     clock: Clock = SYSTEM_CLOCK if now is None else FixedClock(wall=float(now))
     server = authserv_id or platform.node() or "localhost"
     options = VerifyOptions(spf=SPFOptions(receiver=server))
