@@ -9,6 +9,8 @@
     │   └── RemoteProtocolError        the *peer* broke the protocol; carries the reply to send
     ├── LimitExceeded                  untrusted input crossed a named bound in limits.py
     ├── ParseError                     untrusted input could not be parsed (message, record, header)
+    ├── FieldError                     a message field (web form, API) is refused; names it
+    │   └── HeaderInjectionError       it tries to add header lines (CR/LF, encoded forms)
     ├── DNSError                       a DNS question could not be answered (see resolver/)
     │   ├── DNSTemporaryError          timeout, SERVFAIL, network: may succeed later (temperror)
     │   └── DNSPermanentError          malformed answer, loop, refused for good
@@ -68,6 +70,31 @@ class LimitExceeded(MailmoatError):
 
 class ParseError(MailmoatError):
     """Untrusted input could not be parsed."""
+
+
+class FieldError(MailmoatError):
+    """A field given to compose or submit a message is refused (web forms, the submission API).
+
+    ``field`` names it as the caller wrote it (``"subject"``, ``"to[1]"``,
+    ``"attachments[0].filename"``); ``reason`` says why in words a form developer can act on;
+    ``code`` is the stable machine-readable kind (the JSON ``error`` of the HTTP API).
+    """
+
+    code: str = "invalid_field"
+
+    def __init__(self, *, field: str, reason: str, code: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+
+class HeaderInjectionError(FieldError):
+    """A field tries to add or split header lines: CR, LF, other line breaks or controls,
+    encoded forms of them, or more than one address where one was expected."""
+
+    code = "header_injection"
 
 
 class DNSError(MailmoatError):

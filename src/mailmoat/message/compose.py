@@ -248,6 +248,14 @@ def _display_name(text: str, *, field: str) -> str | None:
             raise HeaderInjectionError(
                 field=field, reason="display name has a stray double quote; quote the whole "
                 'name and escape inner quotes as \\"')
+        # RFC 5322 §3.4: outside quotes, "," separates addresses and ":" ... ";" makes a
+        # group, so another reader would see more than one entry here: refused (a name
+        # holding them must be quoted: "Doe, John" <john@example.com>).
+        for special in ",;:":
+            if special in text:
+                raise HeaderInjectionError(
+                    field=field, reason=f"display name has {special!r} outside quotes, which "
+                    "separates addresses or starts a group; quote the name")
         name = text
     if "<" in name or ">" in name:
         raise HeaderInjectionError(
@@ -475,8 +483,8 @@ def _mailbox_words(mailbox: Mailbox) -> list[str]:
 
 
 def _address_field(name: str, mailboxes: Sequence[Mailbox]) -> str:
-    """``From``/``To``/``Cc``/``Reply-To``: one mailbox per line after the first (RFC 5322
-    §3.4 address-list, folded at the commas and inside names)."""
+    """``From``/``To``/``Cc``/``Reply-To`` (RFC 5322 §3.4 address-list: mailboxes separated
+    by commas), folded at the spaces between names, encoded-words and addresses."""
     words: list[str] = []
     for i, mailbox in enumerate(mailboxes):
         these = _mailbox_words(mailbox)
@@ -497,8 +505,11 @@ _SEGMENT: Final = 48
 
 def _parameter(attribute: str, value: str) -> list[str]:
     """A MIME parameter: ``attr="value"`` for short printable ASCII, else RFC 2231 §3-§4
-    ``attr*0*=utf-8''%..`` continuations with percent-encoded UTF-8."""
-    if value.isascii() and _PRINTABLE_ASCII.fullmatch(value) and len(value) <= _SEGMENT:
+    ``attr*0*=utf-8''%..`` continuations with percent-encoded UTF-8. A value holding a
+    double quote or backslash is percent-encoded too: many readers mishandle quoted-pairs
+    in parameters (Python's email package unquotes ``"\"x\""`` twice)."""
+    if (value.isascii() and _PRINTABLE_ASCII.fullmatch(value) and len(value) <= _SEGMENT
+            and '"' not in value and "\\" not in value):
         return [f"{attribute}={_quoted_string(value)}"]
     encoded = "".join(
         ch if ch in _ATTR_CHARS else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
@@ -568,7 +579,7 @@ def _text_part(text: str, subtype: str) -> tuple[list[str], str]:
     return headers, body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Part:
     headers: list[str]
     body: str  # already encoded, CRLF line ends, ends with CRLF
@@ -687,7 +698,7 @@ def compose(
     for i, att in enumerate(fields.attachments):
         where = f"attachments[{i}]"
         filename = check_header_text(att.filename, field=f"{where}.filename",
-                                     max_chars=SUBMIT_FILENAME_MAX).strip(" ")
+                                     max_chars=SUBMIT_FILENAME_MAX).strip()
         if not filename or filename in (".", ".."):
             raise FieldError(field=f"{where}.filename", reason="is empty", code="missing")
         if "/" in filename or "\\" in filename:
@@ -753,21 +764,23 @@ def compose(
 
     body_parts: list[_Part] = []
     if fields.text is not None or fields.html is None:
-        body_parts.append(_Part(*_text_part(fields.text or "", "plain")))
+        headers, body = _text_part(fields.text or "", "plain")
+        body_parts.append(_Part(headers=headers, body=body))
     if fields.html is not None:
-        body_parts.append(_Part(*_text_part(fields.html, "html")))
+        headers, body = _text_part(fields.html, "html")
+        body_parts.append(_Part(headers=headers, body=body))
     content = body_parts[0] if len(body_parts) == 1 else _Part(
-        [], "", tuple(body_parts), "alternative")
+        headers=[], body="", children=tuple(body_parts), subtype="alternative")
     if attachments:
         files = []
         for filename, ctype, data in attachments:
-            files.append(_Part([
+            files.append(_Part(headers=[
                 _params_field("Content-Type", ctype, _parameter("name", filename)),
                 f"Content-Transfer-Encoding: base64{_CRLF}",
                 _params_field("Content-Disposition", "attachment",
                               _parameter("filename", filename)),
-            ], _base64_body(data)))
-        content = _Part([], "", (content, *files), "mixed")
+            ], body=_base64_body(data)))
+        content = _Part(headers=[], body="", children=(content, *files), subtype="mixed")
 
     def new_boundary() -> str:
         # "=_" cannot occur in base64 or quoted-printable output (RFC 2045 §6.7 note:
