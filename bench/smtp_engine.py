@@ -7,11 +7,13 @@ BDAT 10 KB LAST, then QUIT) are fed in 4-64 KB chunks; every decision event is a
 once. aiosmtpd.smtp.SMTP is driven through a fake transport inside one asyncio loop (its
 parser cannot run without its StreamReader and task), with a handler that accepts everything:
 that is aiosmtpd's cost per message, loop overhead included. aiosmtpd has no CHUNKING, so BDAT
-is ours alone. Two more rows split our cost: the framer alone (framing + content checks) and
-the envelope grammar alone (one MAIL and one RCPT argument).
+is ours alone. More rows split our cost: the framer alone (framing + content checks), the
+commands alone (the same session with one-line messages: command handling, events, replies,
+addresses) and the envelope grammar alone (one MAIL and one RCPT argument).
 
-CPU time is time.process_time(); each row stops after ``--seconds`` of CPU or twice that of
-wall time, so the whole run stays under a minute.
+CPU time is time.process_time(), the fastest of ~50 ms batches (load from other processes only
+adds time); each row stops after ``--seconds`` of CPU or twice that of wall time, so the whole
+run stays under a minute.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from mailmoat.smtp import NEED_DATA, ConnectionClosed, ServerConfig, ServerConne
 
 MESSAGE_SIZE = 10 * 1024
 MESSAGES_PER_SESSION = 20
+#: Issue #2, item 5: "the engine costs under 50 µs of CPU per 10 KB message".
+TARGET_US = 50
 
 
 def _message(seed: int) -> bytes:
@@ -53,10 +57,11 @@ def _stuff(content: bytes) -> bytes:
     return content.replace(b"\r\n.", b"\r\n..")
 
 
-def session(bdat: bool, messages: int = MESSAGES_PER_SESSION) -> bytes:
+def session(bdat: bool, messages: int = MESSAGES_PER_SESSION, *, empty: bool = False) -> bytes:
+    """A whole session's bytes; ``empty`` gives one-line messages (the per-command cost)."""
     out = [b"EHLO client.example.org\r\n"]
     for i in range(messages):
-        body = _message(i)
+        body = b"Subject: x\r\n" if empty else _message(i)
         out.append(b"MAIL FROM:<alice@example.org> SIZE=10240\r\nRCPT TO:<bob@example.net>\r\n")
         if bdat:
             out.append(b"BDAT %d LAST\r\n" % len(body) + body)
@@ -196,18 +201,31 @@ def run_addresses(_parts: list[bytes]) -> int:
 
 
 def measure(fn: Callable[[list[bytes]], int], parts: list[bytes], seconds: float) -> tuple[float, int]:
-    """CPU seconds per session, and messages per session."""
+    """CPU seconds per session (the fastest of several batches), and messages per session.
+
+    The fastest batch, as ``timeit`` reports, because the other helpers' load on a shared
+    machine only ever adds time (cache and core contention); every row, aiosmtpd's included,
+    is measured the same way.
+    """
     count = fn(parts)  # warm up, and check
-    runs = 0
+    start = time.process_time()
+    fn(parts)
+    per_batch = max(1, int(0.05 / max(time.process_time() - start, 1e-6)))  # ~50 ms batches
+    best = float("inf")
     start = time.process_time()
     wall = time.perf_counter()
+    batches = 0
     while True:
-        fn(parts)
-        runs += 1
-        elapsed = time.process_time() - start
+        t0 = time.process_time()
+        for _ in range(per_batch):
+            fn(parts)
+        best = min(best, (time.process_time() - t0) / per_batch)
+        batches += 1
         # Bounded in CPU and in wall time (a busy machine must not stretch the run).
-        if elapsed >= seconds or runs >= 10_000 or time.perf_counter() - wall >= 2 * seconds:
-            return elapsed / runs, count
+        elapsed = time.process_time() - start
+        if (elapsed >= seconds and batches >= 3) or batches >= 1000 \
+                or time.perf_counter() - wall >= 2 * seconds:
+            return best, count
 
 
 def main() -> None:
@@ -230,6 +248,9 @@ def main() -> None:
         per_session, msgs = measure(functools.partial(_framer_row, bodies, mode == "BDAT"),
                                     [], args.seconds)
         rows.append(("  framer only", mode, per_session, msgs, sum(map(len, bodies))))
+    data = session(False, empty=True)
+    per_session, msgs = measure(lambda p: run_ours(p, config), chunks(data, 1), args.seconds / 2)
+    rows.append(("  commands only", "DATA", per_session, msgs, 0))
     per_session, msgs = measure(run_addresses, [], args.seconds / 2)
     rows.append(("  _abnf MAIL+RCPT", "-", per_session, msgs, 0))
     aio = _aiosmtpd_runner()
@@ -247,6 +268,10 @@ def main() -> None:
     for name, mode, cpu, _, _ in rows:
         if name.startswith("aiosmtpd"):
             print(f"ratio {name}/{'mailmoat'} ({mode}): {cpu / ours[mode]:.1f}x CPU per message")
+    for mode, cpu in ours.items():
+        per_msg = cpu / MESSAGES_PER_SESSION * 1e6
+        verdict = "met" if per_msg < TARGET_US else "not met"
+        print(f"target < {TARGET_US} us CPU per 10 KB message ({mode}): {per_msg:.1f} us, {verdict}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,12 @@ SECURITY
     Bounds: the argument is at most ``SMTP_COMMAND_LINE_MAX + SMTP_COMMAND_PARAMS_EXTRA``
     octets; a path at most ``SMTP_PATH_MAX`` octets, a local part ``SMTP_LOCAL_PART_MAX``, a
     domain ``SMTP_DOMAIN_MAX`` and a label ``DNS_LABEL_MAX`` (all octets, as on the wire).
-    Every scanner is hand-written (no regular expressions), a single left-to-right pass with
-    no backtracking: linear time in the (already bounded) input.
+    Every scanner is hand-written, a single left-to-right pass with no backtracking: linear
+    time in the (already bounded) input. The one regular expression, ``_FAST_PATH`` (the
+    common plain-ASCII ``<Dot-string@Domain>``), has no nested unbounded repetition (atoms and
+    labels are possessive/atomic, labels at most 63 characters); it only ever *accepts* a
+    subset of what the full scanner accepts, with the same result (a property test checks
+    this), and everything it does not match goes to the full scanner.
     Refuses: anything outside the ABNF; every octet >= 0x80 unless SMTPUTF8 is in effect
     (then the text must be valid UTF-8, domains must be IDNA2008 U-labels checked with the
     ``idna`` package, never the IDNA2003 stdlib codec); C0 and C1 control characters, DEL and
@@ -30,6 +34,10 @@ Decisions where the RFC leaves room (each one documented at its code):
   General-address-literal with the tag "IPv6" (that tag is registered for IPv6-addr only).
 * A-labels (``xn--``) are checked for LDH syntax only, as RFC 5321 does; U-labels get the full
   IDNA2008 check per label (``idna.alabel``: NFC, code points, hyphens, joiners, Bidi rule).
+  A label that is not in NFC is refused, never normalised: RFC 5890 §2.3.2.1 makes NFC part
+  of what a U-label is, and normalising would let two different wire strings name one domain.
+  (Upper-case letters in a U-label are lower-cased, as ASCII ones are: domains compare
+  case-insensitively, RFC 5321 §2.4.)
 * Non-ASCII without SMTPUTF8 answers 550 for MAIL and 553 for RCPT, status 5.6.7 (RFC 6531
   §3.5); a MAIL with a non-ASCII address must itself carry the SMTPUTF8 parameter (§3.4).
 * IPv6 literals follow the RFC 5321 §4.1.3 grammar literally: "::" must stand for at least two
@@ -42,6 +50,7 @@ Decisions where the RFC leaves room (each one documented at its code):
 from __future__ import annotations
 
 import ipaddress
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Final
@@ -266,9 +275,15 @@ def _domain(text: str, *, utf8: bool, status: str) -> str:
             continue
         if not utf8:  # pragma: no cover - the callers refuse non-ASCII first
             raise AddressSyntaxError("non-ASCII domain", status=STATUS_NO_UTF8)
-        # RFC 6531 §3.3: a U-label as defined by RFC 5890 §2.3.2.1: IDNA2008-valid (NFC,
-        # PVALID/CONTEXT code points, hyphen and Bidi rules) with an A-label of <= 63 octets.
-        ulabel = unicodedata.normalize("NFC", unicodedata.normalize("NFC", label).lower())
+        # RFC 6531 §3.3: a U-label as defined by RFC 5890 §2.3.2.1: "A "U-label" is an
+        # IDNA-valid string of Unicode characters, in Normalization Form C (NFC) and including
+        # at least one non-ASCII character". A label not in NFC is therefore no U-label: it is
+        # refused, not normalised (mapping user input is a UI step, RFC 5895, never a protocol
+        # one; normalising here would make two different wire strings one mailbox).
+        if not unicodedata.is_normalized("NFC", label):
+            raise AddressSyntaxError(f"U-label {label!r} is not in NFC (RFC 5890 2.3.2.1)",
+                                     status=status)
+        ulabel = unicodedata.normalize("NFC", label.lower())
         try:
             idna.alabel(ulabel)
         except (idna.IDNAError, ValueError) as err:
@@ -396,6 +411,46 @@ def _ipv6(text: str) -> int | None:
     return value
 
 
+# Fast path for the common form: a plain ASCII "<" Dot-string "@" Domain ">" (RFC 5321
+# §4.1.2), optionally after the one SP we tolerate (see _path):
+#   Path = "<" [ A-d-l ":" ] Mailbox ">"   -- here without A-d-l (a source route)
+#   Mailbox = Local-part "@" ( Domain / address-literal )   -- here Dot-string "@" Domain
+#   Dot-string = Atom *("."  Atom) ; Atom = 1*atext
+#   Domain = sub-domain *("." sub-domain) ; sub-domain = Let-dig [Ldh-str]
+#   Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig
+# plus the label bound of RFC 1035 §2.3.4 (63 octets) written into the pattern. The length
+# bounds on the local part, domain and path are checked after the match. Whatever does not
+# match (quoted local parts, address literals, source routes, UTF-8, "<>", "<Postmaster>",
+# and every error) goes to the full scanner, which gives the precise error.
+_ATEXT_CLASS: Final = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
+_LABEL_RE: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_FAST_PATH: Final = re.compile(
+    rf" ?<((?>{_ATEXT_CLASS}++(?:\.{_ATEXT_CLASS}++)*+))"
+    rf"@((?>{_LABEL_RE}(?:\.{_LABEL_RE})*+))>"
+)
+
+
+def _fast_path(text: str) -> tuple[Address, int] | None:
+    """The Address of a plain ``<local@domain>`` at the start of ``text`` and the offset after
+    its ``>``, or None (then the full scanner decides). ``text`` is ASCII."""
+    m = _FAST_PATH.match(text)
+    if m is None:
+        return None
+    local, domain = m.group(1, 2)
+    start = m.start(1)  # just after "<"
+    end = m.end()  # just after ">"
+    # RFC 5321 §4.5.3.1.1-3: local part <= 64, domain <= 255, path (with "<" and ">") <= 256
+    # octets.
+    if (
+        len(local) > SMTP_LOCAL_PART_MAX
+        or len(domain) > SMTP_DOMAIN_MAX
+        or end - start + 1 > SMTP_PATH_MAX
+    ):
+        return None
+    return Address(local_part=local, domain=domain.lower(),
+                   raw=text[start : end - 1].encode("ascii"), is_utf8=False, literal=None), end
+
+
 # RFC 6531 §3.5: "When messages are rejected because the RCPT command requires an ASCII
 # address, the reply-code 553 is returned ... When messages are rejected because the MAIL
 # command requires an ASCII address, the reply-code 550 is returned"; with enhanced status
@@ -511,9 +566,38 @@ def _path(sc: _Scanner, *, null_ok: bool, postmaster_ok: bool) -> Address | None
 # esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
 # esmtp-value = 1*(%d33-60 / %d62-126)
 # esmtp-value =/ UTF8-non-ascii                                         (RFC 6531 §3.3)
+#: The same grammar over ASCII as one pattern (possessive: linear), so that the common case
+#: skips the per-character checks below; anything it does not match takes the checked loop,
+#: which finds and names the error.
+_ASCII_PARAMS: Final = re.compile(
+    r"(?: [A-Za-z0-9][A-Za-z0-9-]*+(?:=[\x21-\x3c\x3e-\x7e]++)?+)++"
+)
+
+
 def _params(text: str, *, utf8: bool) -> tuple[Param, ...]:
     if not text:
         return ()
+    if text.isascii() and _ASCII_PARAMS.fullmatch(text) is not None:
+        return _params_matched(text)
+    return _params_checked(text, utf8=utf8)
+
+
+def _params_matched(text: str) -> tuple[Param, ...]:
+    """Split parameters that ``_ASCII_PARAMS`` matched (only duplicates are left to refuse)."""
+    params: list[Param] = []
+    seen: set[str] = set()
+    for item in text[1:].split(" "):
+        keyword, eq, value = item.partition("=")
+        keyword = keyword.upper()
+        if keyword in seen:
+            raise AddressSyntaxError(f"duplicate ESMTP parameter {keyword}", status=STATUS_BAD_ARGS)
+        seen.add(keyword)
+        params.append((keyword, value if eq else None))
+    return tuple(params)
+
+
+def _params_checked(text: str, *, utf8: bool) -> tuple[Param, ...]:
+    """The character-by-character parameter scanner (any text, UTF-8 included)."""
     # mail = "MAIL FROM:" Reverse-path [SP Mail-parameters] CRLF
     if text[0] != " ":
         raise AddressSyntaxError("expected SP after the path", status=STATUS_BAD_ARGS)
@@ -547,6 +631,11 @@ def parse_mail_args(args: bytes, *, smtputf8: bool) -> tuple[Address | None, tup
     the command itself carries the ``SMTPUTF8`` parameter (RFC 6531 §3.4: the client "MUST"
     use it to send a UTF-8 address). ``None`` stands for the null reverse-path ``<>``.
     """
+    if len(args) <= _ARGS_MAX and args.isascii():
+        text = args.decode("ascii")
+        fast = _fast_path(text)
+        if fast is not None:
+            return fast[0], _params(text[fast[1] :], utf8=smtputf8)
     text = _decode_args(args, utf8=smtputf8, status=STATUS_BAD_SENDER)
     sc = _Scanner(text, status=STATUS_BAD_SENDER, utf8=smtputf8)
     address = _path(sc, null_ok=True, postmaster_ok=False)
@@ -565,6 +654,11 @@ def parse_rcpt_args(args: bytes, *, smtputf8: bool) -> tuple[Address, tuple[Para
     ``smtputf8`` says the transaction's MAIL carried SMTPUTF8 (RFC 6531 §3.4). Accepts the
     special ``<Postmaster>`` (any case) as an Address whose ``domain`` is ``""``.
     """
+    if len(args) <= _ARGS_MAX and args.isascii():
+        text = args.decode("ascii")
+        fast = _fast_path(text)
+        if fast is not None:
+            return fast[0], _params(text[fast[1] :], utf8=smtputf8)
     text = _decode_args(args, utf8=smtputf8, status=STATUS_BAD_RECIPIENT)
     sc = _Scanner(text, status=STATUS_BAD_RECIPIENT, utf8=smtputf8)
     address = _path(sc, null_ok=False, postmaster_ok=True)

@@ -7,8 +7,9 @@ SECURITY
     that the line is discarded *as it arrives* up to its LF and reported once as too long.
     In DATA at most one unfinished text line (``max_line`` + a few octets) is buffered; BDAT
     content is handed on as it arrives. Content after a fault or beyond ``max_size`` is
-    dropped (only counted). Every scan is a C-level ``bytes.find``/``count``/``translate``
-    over new data: linear time, no per-byte or per-line Python loop (at most
+    dropped (only counted). Every scan is a C-level ``bytes.find`` or a literal-led regular
+    expression search with a one-octet lookaround (``_BARE_CR``, ``_BARE_LF``) over new data:
+    linear time, no per-byte or per-line Python loop (at most
     ``_DOTS_PER_SCAN`` dot-stuffed lines are walked one by one, then ``bytes.replace``).
     Refuses: a command line that does not end in <CR><LF> (bare LF), that holds a bare CR or
     a NUL, or that is too long; message content with a bare LF or bare CR (unless the policy is
@@ -44,8 +45,12 @@ _EOD: Final = b"\r\n.\r\n"
 #: Stuffed lines walked one by one per scan; beyond, unstuffing switches to bytes.replace.
 _DOTS_PER_SCAN: Final = 32
 _BULK: Final[list[int]] = [-1]  # marker (never a real index): "unstuff everything in bulk"
-#: Every octet but CR and LF (deleted by translate() to look at line breaks only).
-_NOT_CRLF: Final = bytes(b for b in range(256) if b not in (0x0D, 0x0A))
+#: A CR followed by something else than LF (a CR at the very end is checked apart), and a LF
+#: not preceded by CR. Each pattern starts with a literal octet (sre scans for it in C) and
+#: then looks at one more octet: linear time, no backtracking, and cheaper than counting CR,
+#: LF and <CRLF> separately.
+_BARE_CR: Final = re.compile(rb"\r[^\n]")
+_BARE_LF: Final = re.compile(rb"\n(?<!\r\n)")
 #: Any line break: used only to *normalise* content already framed.
 _NEWLINE_RE: Final = re.compile(rb"\r\n|\r|\n")
 
@@ -158,21 +163,19 @@ class _Content:
             self.size += len(piece)
             return b""
         policy = self.policy
-        # #CR >= #CRLF and #LF >= #CRLF, so #CR + #LF == 2 * #CRLF exactly when every CR and
-        # every LF belongs to a CRLF. (#CRLF must be counted in the piece itself: in the
-        # CR/LF-only string "<CR>.<LF>" would look like a CRLF.)
-        breaks = piece.translate(None, _NOT_CRLF)
-        crlf = piece.count(_CRLF)
-        if len(breaks) != 2 * crlf:
+        # RFC 5321 §2.3.8: "CR and LF MUST only occur together as CRLF".
+        bare_lf = _BARE_LF.search(piece) is not None
+        bare_cr = piece[-1] == 0x0D or _BARE_CR.search(piece) is not None
+        if bare_lf or bare_cr:
             if policy.normalize_newlines:
                 # Postfix smtpd_forbid_bare_newline=normalize: "process them as if the client
                 # sent <CR><LF>"; done after end-of-data framing, so it never makes a
                 # terminator.
                 piece = _NEWLINE_RE.sub(_CRLF, piece)
             else:
-                if breaks.count(b"\n") != crlf:
+                if bare_lf:
                     self._set(ContentFault.BARE_LF)
-                if breaks.count(b"\r") != crlf:
+                if bare_cr:
                     self._set(ContentFault.BARE_CR)
         if not policy.allow_nul and b"\0" in piece:
             self._set(ContentFault.NUL)
@@ -186,10 +189,7 @@ class _Content:
         """RFC 5321 §4.5.3.1.6 text line length, without a per-line Python loop.
 
         Measured between LFs (after the bare-newline check, every LF ends a CRLF line): a
-        segment of ``max_line - 1`` octets is a line of ``max_line - 2`` plus its CR. A run
-        of more than ``L`` octets without LF contains a whole aligned block of ``(L + 1) // 2``
-        octets; one ``find`` per block (a memchr) proves most text clean, and only a block
-        with no LF sends us to the exact ``split``.
+        segment of ``max_line - 1`` octets is a line of ``max_line - 2`` plus its CR.
         """
         limit = self.policy.max_line - 1
         first = piece.find(b"\n")
@@ -204,15 +204,19 @@ class _Content:
         self.line_len = len(piece) - last - 1
         if self.line_len > limit:
             self._set(ContentFault.LINE_TOO_LONG)
-        if last - first - 1 <= limit:
-            return
-        block = (limit + 1) // 2
-        find = piece.find
-        for start in range(first + 1, last - block + 1, block):
-            if find(b"\n", start, start + block) < 0:
-                if max(map(len, piece[first + 1 : last].split(b"\n"))) > limit:
-                    self._set(ContentFault.LINE_TOO_LONG)
+        # Every line between the first and the last LF: from a line start ``p``, the last LF
+        # within ``limit`` octets (a memrchr) ends only lines short enough; jump past it. No LF
+        # there means the line starting at ``p`` is too long. At most two calls per ``limit``
+        # octets (after a jump to the last LF of a window, the next LF lies beyond it), however
+        # short or long the lines are.
+        rfind = piece.rfind
+        p = first + 1
+        while last - p > limit:
+            j = rfind(b"\n", p, p + limit + 1)
+            if j < 0:
+                self._set(ContentFault.LINE_TOO_LONG)
                 return
+            p = j + 1
 
     def finish(self) -> bytes:
         """End of content: a held CR is a bare CR."""
@@ -230,6 +234,14 @@ class _Mode(enum.Enum):
     DATA = 2
     BDAT = 3
     DISCARD = 4
+
+
+# The members as module constants: on Python 3.11 ``_Mode.X`` goes through
+# ``EnumType.__getattr__`` (a Python-level hook), and every framing step reads the mode.
+_BDAT: Final = _Mode.BDAT
+_DATA: Final = _Mode.DATA
+_DISCARD: Final = _Mode.DISCARD
+_LINES: Final = _Mode.LINES
 
 
 class Framer:
@@ -254,7 +266,7 @@ class Framer:
         self.policy = policy
         self._buf = b""
         self._pos = 0
-        self._mode = _Mode.LINES
+        self._mode = _LINES
         self._discarding = False  # inside an over-long command line
         self._content: _Content | None = None
         self._pending: list[Item] = []
@@ -270,7 +282,7 @@ class Framer:
 
     def feed(self, data: bytes) -> None:
         """Add received bytes."""
-        if self._mode is _Mode.DISCARD or not data:
+        if self._mode is _DISCARD or not data:
             return
         if self._pos >= len(self._buf):
             self._buf = bytes(data)
@@ -290,20 +302,25 @@ class Framer:
     def discard_all(self) -> None:
         """Drop everything from now on (STARTTLS pending, closed)."""
         self.discard_buffer()
-        self._mode = _Mode.DISCARD
+        self._mode = _DISCARD
 
     def lines(self) -> None:
         """Back to command lines (after a TLS handshake)."""
-        self._mode = _Mode.LINES
+        self._mode = _LINES
 
     def start_data(self, policy: ContentPolicy | None = None) -> None:
         """Read DATA content after our 354."""
         self._content = _Content(policy or self.policy)
         # The <CRLF> that ended the DATA command counts as the one before ".<CRLF>" (an
-        # empty message is just ".<CRLF>"): keep a virtual <CRLF> at the buffer's start.
-        self._buf = _CRLF + self._buf[self._pos :]
-        self._pos = 0
-        self._mode = _Mode.DATA
+        # empty message is just ".<CRLF>"): keep a <CRLF> right before the first line. It is
+        # usually still in the buffer (the DATA line's own); otherwise put a virtual one there.
+        pos = self._pos
+        if pos >= 2 and self._buf[pos - 2 : pos] == _CRLF:
+            self._pos = pos - 2
+        else:
+            self._buf = _CRLF + self._buf[pos:]
+            self._pos = 0
+        self._mode = _DATA
 
     def start_bdat(self, size: int, *, last: bool, new_message: bool,
                    policy: ContentPolicy | None = None) -> None:
@@ -313,7 +330,7 @@ class Framer:
         self._bdat_remaining = size
         self._bdat_chunk = size
         self._bdat_last = last
-        self._mode = _Mode.BDAT
+        self._mode = _BDAT
 
     def skip_bdat(self, size: int) -> None:
         """Read and drop a refused BDAT chunk (the octets are on the wire anyway)."""
@@ -324,18 +341,24 @@ class Framer:
     # --- framing --------------------------------------------------------------------------
     def next_item(self) -> Item | None:
         """The next framed item, or None when more bytes are needed."""
+        item = self.next_raw()
+        return Line(data=item) if isinstance(item, bytes) else item
+
+    def next_raw(self) -> bytes | Item | None:
+        """:meth:`next_item`, except that a command line comes as its bare ``bytes`` (the
+        server's per-command path: no :class:`Line` to build and unwrap)."""
         if self._pending:
             return self._pending.pop(0)
         mode = self._mode
-        if mode is _Mode.LINES:
+        if mode is _LINES:
             return self._line()
-        if mode is _Mode.DATA:
+        if mode is _DATA:
             return self._data()
-        if mode is _Mode.BDAT:
+        if mode is _BDAT:
             return self._bdat()
         return None
 
-    def _line(self) -> Item | None:
+    def _line(self) -> bytes | LineRefused | None:
         buf = self._buf
         pos = self._pos
         end = buf.find(b"\n", pos)
@@ -362,7 +385,7 @@ class Framer:
             return LineRefused(fault=LineFault.BARE_CR)
         if b"\0" in line:
             return LineRefused(fault=LineFault.NUL)
-        return Line(data=line)
+        return line
 
     def _data(self) -> Item | None:
         content = self._content
@@ -394,7 +417,7 @@ class Framer:
             i = buf.find(b"\r\n.", i + 3)
         if eod >= 0:
             self._pos = eod + 5
-            self._mode = _Mode.LINES
+            self._mode = _LINES
             piece = self._unstuff(buf, pos + 2, eod + 2, dots, content)
             content.finish()
             end = ChunkEnd(last=True, fault=content.fault, size=content.size,
@@ -460,7 +483,7 @@ class Framer:
             piece = b""
         if self._bdat_last:
             piece += content.finish()
-        self._mode = _Mode.LINES
+        self._mode = _LINES
         end = ChunkEnd(last=self._bdat_last, fault=content.fault, size=content.size,
                        chunk_size=self._bdat_chunk)
         if self._bdat_last:

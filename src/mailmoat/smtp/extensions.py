@@ -194,8 +194,13 @@ def parse_mail_params(
     )
 
 
+_NO_RCPT_PARAMS: Final = RcptParams(notify=None, orcpt=None, raw=())
+
+
 def parse_rcpt_params(params: tuple[Param, ...], adv: Advertised) -> RcptParams:
     """Validate RCPT TO parameters (only DSN's NOTIFY and ORCPT are defined)."""
+    if not params:  # the common case: one frozen value serves every recipient
+        return _NO_RCPT_PARAMS
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
     for keyword, value in params:

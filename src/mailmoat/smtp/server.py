@@ -104,6 +104,13 @@ _VERBS: Final[dict[bytes, Input]] = {
     b"QUIT": Input.QUIT, b"VRFY": Input.VRFY, b"HELP": Input.HELP,
     b"STARTTLS": Input.STARTTLS, b"AUTH": Input.AUTH,
 }
+#: Command line limits above RFC 5321's 512 octets: MAIL/RCPT parameters (RFC 5321
+#: §4.5.3.1.4 "+ extensions"), AUTH initial responses (RFC 4954 §4).
+_LINE_LIMITS: Final[dict[Input, int]] = {
+    Input.MAIL: SMTP_COMMAND_LINE_MAX + SMTP_COMMAND_PARAMS_EXTRA,
+    Input.RCPT: SMTP_COMMAND_LINE_MAX + SMTP_COMMAND_PARAMS_EXTRA,
+    Input.AUTH: SMTP_AUTH_LINE_MAX,
+}
 #: Verbs RFC 5321 (and older RFCs) define that we deliberately do not implement: 502.
 _NOT_IMPLEMENTED: Final = frozenset(
     {b"EXPN", b"TURN", b"ETRN", b"ATRN", b"SEND", b"SOML", b"SAML", b"XCLIENT", b"XFORWARD"}
@@ -128,6 +135,52 @@ _MAIL_LIMIT: Final = SMTP_COMMAND_LINE_MAX + SMTP_COMMAND_PARAMS_EXTRA
 #: Decisions whose accept() may carry the application's own 2xx reply.
 _CUSTOM_ACCEPT: Final = frozenset({MailFrom, RcptTo, MessageComplete, Helo})
 _START_MAIL_INPUT: Final = Replies.START_MAIL_INPUT.to_bytes()
+#: Events without per-command data are frozen values: one instance each serves every session.
+_DATA_STARTED: Final = DataStarted(bdat=False)
+_BDAT_STARTED: Final = DataStarted(bdat=True)
+
+
+class _St:
+    """The :class:`State` members as plain class attributes. On Python 3.11 every ``State.X``
+    goes through ``EnumType.__getattr__`` (a Python-level hook, about ten times a plain
+    attribute lookup), and the per-command path reads members many times."""
+
+    AUTH = State.AUTH
+    CLOSED = State.CLOSED
+    DATA = State.DATA
+    GREETING_PENDING = State.GREETING_PENDING
+    MAIL = State.MAIL
+    RCPT = State.RCPT
+    STARTTLS_PENDING = State.STARTTLS_PENDING
+
+
+class _In:
+    """The :class:`Input` members as plain class attributes (see :class:`_St`)."""
+
+    AUTH = Input.AUTH
+    AUTH_END = Input.AUTH_END
+    BAD_LINE = Input.BAD_LINE
+    BDAT = Input.BDAT
+    CHUNK_END = Input.CHUNK_END
+    DATA = Input.DATA
+    DATA_END = Input.DATA_END
+    EHLO = Input.EHLO
+    GREET = Input.GREET
+    HELO = Input.HELO
+    HELP = Input.HELP
+    LAST_CHUNK_END = Input.LAST_CHUNK_END
+    MAIL = Input.MAIL
+    NOOP = Input.NOOP
+    PEER_BYTES_EARLY = Input.PEER_BYTES_EARLY
+    PEER_CLOSED = Input.PEER_CLOSED
+    QUIT = Input.QUIT
+    RCPT = Input.RCPT
+    RSET = Input.RSET
+    SHUTDOWN = Input.SHUTDOWN
+    STARTTLS = Input.STARTTLS
+    TLS_ESTABLISHED = Input.TLS_ESTABLISHED
+    UNKNOWN = Input.UNKNOWN
+    VRFY = Input.VRFY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,7 +242,7 @@ class ServerConnection:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self._state = State.GREETING_PENDING
+        self._state = _St.GREETING_PENDING
         line_limit = SMTP_AUTH_LINE_MAX if config.auth_mechanisms else _MAIL_LIMIT
         self._policy = rx.ContentPolicy(
             max_size=config.max_message_size, max_line=config.max_text_line,
@@ -222,7 +275,7 @@ class ServerConnection:
         self._auth_user = ""
         # the decision awaiting accept()/reject()
         self._pending: Event | None = None
-        self._pending_target = State.CLOSED
+        self._pending_target = _St.CLOSED
         self._pending_arg = 0
 
     # --- read-only views ------------------------------------------------------------------
@@ -264,7 +317,7 @@ class ServerConnection:
 
     @property
     def closed(self) -> bool:
-        return self._state is State.CLOSED
+        return self._state is _St.CLOSED
 
     @property
     def buffered(self) -> int:
@@ -294,18 +347,18 @@ class ServerConnection:
     # --- I/O seam -------------------------------------------------------------------------
     def greet(self) -> None:
         """Queue the 220 greeting (RFC 5321 §4.2)."""
-        self._step(Input.GREET)
+        self._step(_In.GREET)
         self._reply(Replies.greeting(self.config.hostname))
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the peer; ``b""`` means end of stream."""
-        if self._state is State.CLOSED:
+        if self._state is _St.CLOSED:
             return
         if not data:
             self._eof = True
             return
-        if self._state is State.GREETING_PENDING:
-            r = rule(State.GREETING_PENDING, Input.PEER_BYTES_EARLY)
+        if self._state is _St.GREETING_PENDING:
+            r = rule(_St.GREETING_PENDING, _In.PEER_BYTES_EARLY)
             assert isinstance(r, Refuse)
             self._events.append(self._violation(r.reply, "client talked before the greeting",
                                                 close=r.close))
@@ -325,7 +378,7 @@ class ServerConnection:
         as the argument to the EHLO command, which was not obtained from the TLS negotiation
         itself" -- the session restarts at CONNECTED and waits for a new EHLO.
         """
-        self._step(Input.TLS_ESTABLISHED)
+        self._step(_In.TLS_ESTABLISHED)
         self._framer.discard_buffer()
         self._framer.lines()
         self._tls_active = True
@@ -345,7 +398,7 @@ class ServerConnection:
 
     def close(self, reply: Reply | None = Replies.SHUTTING_DOWN) -> None:
         """Close the session (timeouts, shutdown), queueing ``reply`` (a 421) if given."""
-        if self._state is State.CLOSED:
+        if self._state is _St.CLOSED:
             return
         if reply is not None:
             self._reply(reply)
@@ -364,15 +417,15 @@ class ServerConnection:
         framer = self._framer
         while True:
             state = self._state
-            if state is State.CLOSED:
+            if state is _St.CLOSED:
                 return ConnectionClosed()
-            if state is State.GREETING_PENDING or state is State.STARTTLS_PENDING:
+            if state is _St.GREETING_PENDING or state is _St.STARTTLS_PENDING:
                 item = None
             else:
-                item = framer.next_item()
+                item = framer.next_raw()
             if item is None:
                 if self._eof:
-                    self._step(Input.PEER_CLOSED)
+                    self._step(_In.PEER_CLOSED)
                     self._framer.discard_all()
                     return ConnectionClosed()
                 return NEED_DATA
@@ -401,11 +454,11 @@ class ServerConnection:
         if cls is MailFrom:
             assert isinstance(event, MailFrom)
             self._mail = event
-            self._state = State.MAIL
+            self._state = _St.MAIL
             self._out.append((reply or Replies.SENDER_OK).to_bytes())
         elif cls is RcptTo:
             self._rcpt_count += 1
-            self._state = State.RCPT
+            self._state = _St.RCPT
             self._out.append((reply or Replies.RECIPIENT_OK).to_bytes())
         elif cls is DataStarted:
             assert isinstance(event, DataStarted)
@@ -432,14 +485,14 @@ class ServerConnection:
                 self._reply(reply or Replies.helo_ok(self.config.hostname))
         elif cls is StartTLSRequested:
             self._reply(Replies.READY_TO_START_TLS)
-            self._state = State.STARTTLS_PENDING
+            self._state = _St.STARTTLS_PENDING
             # RFC 3207 §4.2 / CVE-2011-0411: nothing the client pipelined after STARTTLS may
             # be read as a command inside TLS.
             self._framer.discard_all()
         else:  # AuthRequested | AuthResponse
             self._authenticated = identity or self._auth_user or self._auth_mech
             self._reply(Replies.AUTH_SUCCEEDED)
-            self._step(Input.AUTH_END)
+            self._step(_In.AUTH_END)
 
     def reject(self, reply: Reply) -> None:
         """Refuse the pending decision with ``reply`` (4xx/5xx; 421 also closes)."""
@@ -454,7 +507,7 @@ class ServerConnection:
             self._end_message()
         elif isinstance(event, AuthRequested | AuthResponse):
             self._auth_failures += 1
-            self._step(Input.AUTH_END)
+            self._step(_In.AUTH_END)
             if self._auth_failures >= self.config.max_auth_attempts and not reply.closes:
                 self._reply(Replies.TOO_MANY_AUTH_FAILURES)
                 self._shutdown()
@@ -488,7 +541,7 @@ class ServerConnection:
         self._state = r.target
 
     def _shutdown(self) -> None:
-        self._step(Input.SHUTDOWN)
+        self._step(_In.SHUTDOWN)
         self._framer.discard_all()
 
     def _violation(self, reply: Reply, reason: str, *, close: bool = False) -> ProtocolViolation:
@@ -510,27 +563,25 @@ class ServerConnection:
 
     def _end_message(self) -> None:
         self._reset_transaction()
-        self._step(Input.DATA_END if self._state is State.DATA else Input.LAST_CHUNK_END)
+        self._step(_In.DATA_END if self._state is _St.DATA else _In.LAST_CHUNK_END)
 
-    def _dispatch(self, item: rx.Item) -> Event | None:
-        cls = type(item)
-        if cls is rx.Line and self._state is not State.AUTH:
-            assert isinstance(item, rx.Line)
-            return self._on_command(item.data)
-        if cls is rx.ContentPiece:
-            assert isinstance(item, rx.ContentPiece)
+    def _dispatch(self, item: bytes | rx.Item) -> Event | None:
+        # ``type(x) is C`` (not isinstance): exact classes, and mypy narrows on it.
+        if type(item) is bytes:  # a command line (Framer.next_raw)
+            if self._state is not _St.AUTH:
+                return self._on_command(item)
+            return self._on_auth_line(rx.Line(data=item))
+        if type(item) is rx.ContentPiece:
             if self.config.stream_content:
                 return MessageChunk(data=item.data)
             self._parts.append(item.data)
             return None
-        if cls is rx.ChunkEnd:
-            assert isinstance(item, rx.ChunkEnd)
+        if type(item) is rx.ChunkEnd:
             return self._on_chunk_end(item)
-        assert isinstance(item, rx.Line | rx.LineRefused)
-        if self._state is State.AUTH:
-            return self._on_auth_line(item)
         assert isinstance(item, rx.LineRefused)
-        r = TABLE[(self._state, Input.BAD_LINE)]
+        if self._state is _St.AUTH:
+            return self._on_auth_line(item)
+        r = TABLE[(self._state, _In.BAD_LINE)]
         assert isinstance(r, Refuse)
         return self._violation(
             _LINE_FAULT_REPLY[item.fault], f"command line: {item.fault.value}", close=r.close
@@ -538,21 +589,15 @@ class ServerConnection:
 
     # --- commands -------------------------------------------------------------------------
     def _on_command(self, line: bytes) -> Event | None:
-        sp = line.find(b" ")
-        verb = (line if sp < 0 else line[:sp]).upper()
-        arg = b"" if sp < 0 else line[sp + 1 :]
-        inp = _VERBS.get(verb, Input.UNKNOWN)
-        limit = (
-            _MAIL_LIMIT if inp is Input.MAIL or inp is Input.RCPT
-            else SMTP_AUTH_LINE_MAX if inp is Input.AUTH
-            else SMTP_COMMAND_LINE_MAX
-        )
-        if len(line) + 2 > limit:
+        verb, _, arg = line.partition(b" ")
+        verb = verb.upper()
+        inp = _VERBS.get(verb, _In.UNKNOWN)
+        if len(line) + 2 > _LINE_LIMITS.get(inp, SMTP_COMMAND_LINE_MAX):
             # RFC 5321 §4.5.3.1.4: "The maximum total length of a command line including the
             # command word and the <CRLF> is 512 octets" (+ extensions for MAIL/RCPT).
             return self._violation(Replies.LINE_TOO_LONG, "command line too long")
         bdat_size = -1
-        if inp is Input.BDAT:
+        if inp is _In.BDAT:
             parsed = self._parse_bdat(arg)
             if isinstance(parsed, ProtocolViolation):
                 return parsed
@@ -569,42 +614,42 @@ class ServerConnection:
             return self._violation(reply, f"{verb.decode('ascii', 'replace')} out of sequence",
                                    close=r.close)
         target = r.target
-        if inp is Input.MAIL:
+        if inp is _In.MAIL:
             return self._on_mail(arg)
-        if inp is Input.RCPT:
+        if inp is _In.RCPT:
             return self._on_rcpt(arg)
-        if inp is Input.DATA:
+        if inp is _In.DATA:
             return self._on_data(arg, target)
-        if inp is Input.BDAT:
+        if inp is _In.BDAT:
             return self._on_bdat(bdat_size, target)
-        if inp is Input.EHLO or inp is Input.HELO:
+        if inp is _In.EHLO or inp is _In.HELO:
             return self._on_hello(inp, arg, target)
-        if inp is Input.RSET:
+        if inp is _In.RSET:
             if arg:
                 return self._violation(Replies.SYNTAX_ERROR_IN_PARAMETERS, "RSET takes no argument")
             self._reset_transaction()
             self._state = target
             self._reply(Replies.RESET_OK)
             return Reset()
-        if inp is Input.NOOP:
+        if inp is _In.NOOP:
             self._reply(Replies.NOOP_OK)
             return Noop()
-        if inp is Input.HELP:
+        if inp is _In.HELP:
             self._reply(Replies.HELP)
             return Help(topic=arg.decode("ascii", "replace"))
-        if inp is Input.VRFY:
+        if inp is _In.VRFY:
             if not arg:
                 return self._violation(Replies.SYNTAX_ERROR_IN_PARAMETERS, "VRFY needs an argument")
             self._reply(self.config.vrfy_reply)
             return Vrfy(argument=arg.decode("utf-8", "replace"))
-        if inp is Input.QUIT:
+        if inp is _In.QUIT:
             if arg:
                 return self._violation(Replies.SYNTAX_ERROR_IN_PARAMETERS, "QUIT takes no argument")
             self._reply(Replies.closing(self.config.hostname))
             self._state = target
             self._framer.discard_all()
             return Quit()
-        if inp is Input.STARTTLS:
+        if inp is _In.STARTTLS:
             return self._on_starttls(arg)
         return self._on_auth(arg)
 
@@ -619,7 +664,7 @@ class ServerConnection:
         except AddressSyntaxError as err:
             return self._violation(_error_reply(err), f"{inp.value}: {err.reason}")
         self._pending_target = target
-        return Ehlo(domain=domain) if inp is Input.EHLO else Helo(domain=domain)
+        return Ehlo(domain=domain) if inp is _In.EHLO else Helo(domain=domain)
 
     def _on_mail(self, arg: bytes) -> Event:
         cfg = self.config
@@ -672,7 +717,7 @@ class ServerConnection:
             # that arrived before our 354 was sent blind (smuggling probes do this).
             return self._violation(Replies.SYNC_ERROR, "data pipelined before 354", close=True)
         self._pending_target = target
-        return DataStarted(bdat=False)
+        return _DATA_STARTED
 
     def _parse_bdat(self, arg: bytes) -> tuple[int, bool] | ProtocolViolation:
         # RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ] CRLF
@@ -700,10 +745,10 @@ class ServerConnection:
         if not (self.config.chunking and self._esmtp):
             self._skip(size, last=False)
             return self._violation(Replies.COMMAND_NOT_IMPLEMENTED, "BDAT not offered")
-        if self._state is State.RCPT:
+        if self._state is _St.RCPT:
             self._pending_target = target
             self._pending_arg = size
-            return DataStarted(bdat=True)
+            return _BDAT_STARTED
         # Next chunk of a BDAT transaction.
         if self._bdat_failed is not None:
             self._reply(self._bdat_failed)
@@ -718,22 +763,22 @@ class ServerConnection:
             self._skipping = False
             if self._skip_last:
                 self._reset_transaction()
-                self._step(Input.LAST_CHUNK_END)
+                self._step(_In.LAST_CHUNK_END)
             return None
-        data_mode = self._state is State.DATA
+        data_mode = self._state is _St.DATA
         last = end.last if data_mode else self._bdat_last
         if end.fault is not None:
             reply = _CONTENT_FAULT_REPLY[end.fault]
             reason = f"message content: {end.fault.value}"
             if last:
                 self._reset_transaction()
-                self._step(Input.DATA_END if data_mode else Input.LAST_CHUNK_END)
+                self._step(_In.DATA_END if data_mode else _In.LAST_CHUNK_END)
             else:
                 self._bdat_failed = reply
             return self._violation(reply, reason)
         if not last:
             self._reply(Replies.chunk_received(end.chunk_size))
-            self._step(Input.CHUNK_END)
+            self._step(_In.CHUNK_END)
             return None
         data = b"" if self.config.stream_content else b"".join(self._parts)
         self._parts = []
@@ -767,7 +812,7 @@ class ServerConnection:
             if isinstance(decoded, Reply):
                 return self._violation(decoded, "AUTH initial response")
             response = decoded
-        self._step(Input.AUTH)  # READY -> AUTH (the table allowed AUTH here)
+        self._step(_In.AUTH)  # READY -> AUTH (the table allowed AUTH here)
         self._auth_mech = mech
         self._auth_user = ""
         if mech == "PLAIN":
@@ -796,7 +841,7 @@ class ServerConnection:
             return Replies.AUTH_BAD_BASE64
 
     def _auth_fail(self, reply: Reply, reason: str) -> ProtocolViolation:
-        self._step(Input.AUTH_END)
+        self._step(_In.AUTH_END)
         return self._violation(reply, reason)
 
     def _on_auth_line(self, item: rx.Line | rx.LineRefused) -> Event | None:
