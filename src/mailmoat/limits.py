@@ -323,6 +323,10 @@ DANE_MAX_TLSA: Final = 100
 #: DANE (auth.dane): certificates of a presented chain examined (OpenSSL's default
 #: verify depth is 100; real SMTP chains have 2-4).
 DANE_MAX_CHAIN: Final = 16
+#: TLS (net.tls.peer_chain): certificates kept of the chain a peer presents. Real chains have
+#: 2-4; OpenSSL's default verify depth is 100; the DANE matcher examines DANE_MAX_CHAIN, so
+#: keeping more serves no check.
+TLS_PEER_CHAIN_MAX: Final = DANE_MAX_CHAIN
 #: TLS probe (net.probe): default seconds per step (connect, greeting, each reply, handshake)
 #: of ``mailmoat probe``; posttls-finger's default timeouts are 30 s (connect) and 300 s
 #: (replies), too long for an interactive probe.
@@ -333,6 +337,10 @@ STORE_BUSY_TIMEOUT: Final = 30.0
 #: store/: due rows scanned per claimed row, so per-destination limits can skip a busy
 #: destination's rows and still fill a batch (a bound on one claim's work).
 STORE_CLAIM_SCAN_FACTOR: Final = 8
+#: store/: DKIM selectors returned per domain by ``Store.dkim_selectors_seen`` (most recent
+#: first). Each becomes one DNS query in ``mailmoat check``, hence the same bound as
+#: POSTURE_MAX_DKIM_SELECTORS.
+STORE_SELECTORS_SEEN_MAX: Final = POSTURE_MAX_DKIM_SELECTORS
 #: Delivery queue: first retry after a temporary failure, in seconds (Postfix
 #: ``minimal_backoff_time`` 300 s), doubled per attempt up to QUEUE_MAX_BACKOFF.
 QUEUE_MIN_BACKOFF: Final = 300.0
@@ -408,3 +416,10 @@ DSN_RETURN_MAX: Final = 50_000
 #: Delivery queue: a "delayed" DSN is sent once a message has waited this long, to senders
 #: who asked for NOTIFY=DELAY (RFC 3461 §4.1; sendmail's Timeout.queuewarn 4h).
 QUEUE_DELAY_WARNING: Final = 4 * 3600.0
+
+# --- Message pipelines (gateway.inbound, gateway.outbound_sign) ---------------------------
+#: Largest body kept in memory to ARC-seal an inbound message at the end of DATA: the AMS
+#: body hash of :func:`mailmoat.auth.arc.seal` needs the body bytes (it takes no precomputed
+#: hash). Larger messages are delivered unsealed, with the reason logged. 10 MB: Postfix
+#: ``message_size_limit`` default (10,240,000).
+PIPELINE_ARC_SEAL_BODY_MAX: Final = 10_240_000

@@ -71,6 +71,23 @@ Example (all keys; every section but ``[[listener]]`` is optional)::
     trusted_proxies = ["127.0.0.0/8", "::1/128"]   # X-Forwarded-For believed from these
     dkim = [ { domain = "example.org", selector = "s1", key = "dkim/s1.pem" } ]
 
+    [policy]                        # role mx: local policy over DMARC (gateway/inbound.py)
+    authserv_id = "mx.example.org"  # default: server.hostname
+    trusted_forwarders = ["192.0.2.0/24"]      # DMARC failures from here are delivered
+    trusted_arc_sealers = ["lists.example.net"]  # RFC 8617 §7.2 override
+    allow_domains = ["partner.example"]   # DMARC failure overridden when this domain authenticated
+    deny_domains = ["spam.example"]       # From / MAIL FROM domain: 550
+    allow_networks = []
+    deny_networks = []
+    quarantine_folder = "Junk"      # Maildir folder; "" = header X-Mailmoat-Quarantine only
+
+    [dkim_signing]                  # role submission (gateway/outbound_sign.py)
+    keys = [ { domain = "example.org", selector = "ed1", key = "dkim/ed1.key" },
+             { domain = "example.org", selector = "rsa1", key = "dkim/rsa1.pem" } ]
+    keys_dir = "dkim"               # or: DIR/<domain>/<selector>.pem, one file per selector
+    arc = { domain = "example.org", selector = "arc1", key = "dkim/arc1.pem" }  # ARC sealing
+    # without keys/keys_dir, [submission_api] dkim keys are used.
+
 Listener semantics
     ``mode = "implicit-tls"`` (RFC 8314 §3.3, port 465): TLS from the first byte.
     ``mode = "starttls"`` (RFC 3207): STARTTLS offered; ``mode = "plain"``: STARTTLS offered
@@ -130,8 +147,10 @@ __all__ = [
     "AuthConfig",
     "CertificateConfig",
     "Config",
+    "DKIMSigningConfig",
     "LimitsConfig",
     "ListenerConfig",
+    "PolicyConfig",
     "RelayConfig",
     "ServerConfig",
     "SmtpConfig",
@@ -374,6 +393,44 @@ class SubmissionAPIConfig(_Model):
         return self
 
 
+class PolicyConfig(_Model):
+    """``[policy]``: the local policy the inbound pipeline applies over DMARC (role mx)."""
+
+    authserv_id: str | None = None
+    trusted_forwarders: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_arc_sealers: tuple[str, ...] = ()
+    allow_domains: tuple[str, ...] = ()
+    deny_domains: tuple[str, ...] = ()
+    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    deny_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    quarantine_folder: str = Field(default="Junk", max_length=255, pattern=r"^[^/\x00-\x1f]*$")
+
+    @field_validator("trusted_forwarders", "allow_networks", "deny_networks", mode="before")
+    @classmethod
+    def _policy_networks(cls, value: Any) -> Any:
+        return RelayConfig._networks(value)
+
+    @field_validator("trusted_arc_sealers", "allow_domains", "deny_domains")
+    @classmethod
+    def _policy_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_domain(d) for d in value))
+
+    @field_validator("authserv_id")
+    @classmethod
+    def _authserv_id(cls, value: str | None) -> str | None:
+        return None if value is None else _domain(value)
+
+
+class DKIMSigningConfig(_Model):
+    """``[dkim_signing]``: the keys submitted mail is signed with (several domains and
+    selectors; RSA and Ed25519), from ``keys`` and/or ``keys_dir``; ``arc``: the ARC sealing
+    key. Empty: the ``[submission_api] dkim`` keys are used."""
+
+    keys: tuple[SubmissionDKIMConfig, ...] = ()
+    keys_dir: Path | None = None
+    arc: SubmissionDKIMConfig | None = None
+
+
 class Config(_Model):
     """The whole validated configuration. ``source`` is the file it came from, if any."""
 
@@ -388,6 +445,8 @@ class Config(_Model):
     submission_api: SubmissionAPIConfig = SubmissionAPIConfig()
     store: StoreConfig = StoreConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    policy: PolicyConfig = PolicyConfig()
+    dkim_signing: DKIMSigningConfig = DKIMSigningConfig()
 
     @model_validator(mode="after")
     def _listeners(self) -> Self:
@@ -538,6 +597,20 @@ def _resolve(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
             if isinstance(item, dict) and isinstance(item.get("key"), str) else item
             for item in api["dkim"]
         ]}
+    signing = out.get("dkim_signing")
+    if isinstance(signing, dict):
+        def _key_path(item: Any) -> Any:
+            if isinstance(item, dict) and isinstance(item.get("key"), str):
+                return {**item, "key": str(data_dir / item["key"])}
+            return item
+        signing = dict(signing)
+        if isinstance(signing.get("keys"), list):
+            signing["keys"] = [_key_path(item) for item in signing["keys"]]
+        if isinstance(signing.get("keys_dir"), str):
+            signing["keys_dir"] = str(data_dir / signing["keys_dir"])
+        if "arc" in signing:
+            signing["arc"] = _key_path(signing["arc"])
+        out["dkim_signing"] = signing
     tls = out.get("tls")
     if isinstance(tls, dict) and isinstance(tls.get("certificates"), list):
         certs = []
