@@ -1,4 +1,5 @@
-"""Interop: ``probe`` against aiosmtpd on 127.0.0.1 with STARTTLS (trustme certificate).
+"""Interop: ``probe`` against aiosmtpd on 127.0.0.1 with STARTTLS (trustme certificate), and
+``probe_starttls`` (the ``mailmoat check`` view of the same engine) against the same servers.
 
 Expected values come from elsewhere than the probe: the server's own configuration (the TLS
 versions and the one TLS 1.2 cipher it is allowed, the certificate we gave it), Python's
@@ -23,6 +24,7 @@ from cryptography import x509
 
 from conftest import require_peer
 from mailmoat.net.probe import ProbeReport, probe
+from mailmoat.net.starttls_probe import ProbeResult, probe_starttls
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -184,3 +186,79 @@ async def test_tls_version_matches_openssl(auth_plain_server: Any, cafile: str) 
     report = await _probe(auth_plain_server.port, cafile)
     assert fields.get("Protocol version") == report.tls_version
     assert fields.get("Ciphersuite") == report.cipher
+
+
+# --- probe_starttls: what ``mailmoat check`` prints per MX ------------------------------------
+#: The JSON keys of ``mx.hosts[].starttls`` in ``mailmoat check --json``.
+CHECK_KEYS = {"host", "port", "connected", "banner", "starttls_offered", "tls",
+              "certificate_valid", "certificate_problem", "error"}
+CHECK_TLS_KEYS = {"version", "cipher", "bits", "server_name", "subject", "issuer", "san",
+                  "not_before", "not_after", "verified", "verify_error"}
+
+
+def _openssl_accepts(port: int, name: str, cafile: str | None) -> bool:
+    """OpenSSL's own verdict on the server's certificate for ``name`` (chain and name)."""
+    context = ssl.create_default_context(cafile=cafile)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("client.test")
+        client._host = name  # smtplib sends SNI and checks the name it connected to
+        try:
+            client.starttls(context=context)
+        except ssl.SSLCertVerificationError:
+            return False
+        return True
+
+
+async def _check_probe(port: int, name: str, cafile: str | None) -> ProbeResult:
+    return await probe_starttls(name, port=port, connect_to="127.0.0.1", cafile=cafile,
+                                timeout=10, helo="client.test")
+
+
+async def test_check_probe_describes_the_server(tls12_server: Any, cafile: str,
+                                                leaf: trustme.LeafCert) -> None:
+    result = await _check_probe(tls12_server.port, "mx.probe.test", cafile)
+    data = result.as_dict()
+    assert set(data) == CHECK_KEYS
+    assert set(data["tls"]) == CHECK_TLS_KEYS
+    assert (result.connected, result.starttls_offered, result.error) == (True, True, None)
+    with smtplib.SMTP(timeout=10) as client:  # the greeting as smtplib reads it
+        code, greeting = client.connect("127.0.0.1", tls12_server.port)
+    assert code == 220
+    assert result.banner == greeting.decode()
+    assert result.tls is not None
+    assert (result.tls.version, result.tls.cipher) == ("TLSv1.2", CIPHER12)  # as configured
+    expected = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    assert result.tls.subject == expected.subject.rfc4514_string()
+    assert result.tls.issuer == expected.issuer.rfc4514_string()
+    assert result.tls.not_after == expected.not_valid_after_utc
+    assert set(result.tls.san) == {"mx.probe.test", "localhost"}
+    assert _openssl_accepts(tls12_server.port, "mx.probe.test", cafile)
+    assert result.certificate_problem is None
+    assert data["certificate_valid"] is True
+    assert result.tls.verified is False  # received unenforced, judged afterwards
+    assert result.tls.verify_error == ("not verified (verification disabled); the "
+                                       "certificate would verify for mx.probe.test")
+
+
+@pytest.mark.parametrize(("name", "trusted"), [
+    ("mx.other.test", True),   # RFC 6125: the name is not in the certificate
+    ("mx.probe.test", False),  # the system store does not know our test CA
+])
+async def test_check_probe_agrees_with_openssl(tls12_server: Any, cafile: str, name: str,
+                                               trusted: bool) -> None:
+    trust = cafile if trusted else None
+    assert not _openssl_accepts(tls12_server.port, name, trust)
+    result = await _check_probe(tls12_server.port, name, trust)
+    assert result.tls is not None
+    assert result.certificate_problem
+    assert result.as_dict()["certificate_valid"] is False
+    # One judgement, reported the same way in both places.
+    assert result.tls.verify_error == (
+        f"not verified (verification disabled); a check finds: {result.certificate_problem}")
+
+
+async def test_check_probe_closed_port() -> None:
+    closed = await _check_probe(_free_port(), "mx.probe.test", None)
+    assert (closed.connected, closed.starttls_offered, closed.tls) == (False, None, None)
+    assert closed.error is not None
+    assert closed.error.startswith("cannot connect to 127.0.0.1:")

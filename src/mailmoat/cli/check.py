@@ -5,6 +5,7 @@
     mailmoat check DOMAIN [DOMAIN ...] [--json] [--resolver HOST[:PORT] ...] [--zone FILE]
                    [--selector S ...] [--no-common-selectors] [--no-smtp] [--dnssec]
                    [--cafile PEM] [--map-host NAME=ADDR[:PORT] ...]
+                   [--store URL | --data-dir DIR | --config FILE]
 
 Checks MX (and null MX), SPF, DMARC (and report-destination authorisation), DKIM keys, BIMI,
 MTA-STS (record, policy over HTTPS, each MX against it), TLS-RPT, DNSSEC, TLSA and each MX's
@@ -17,13 +18,17 @@ with ``domain``, ``worst``, ``summary``, ``findings[]`` (``check``, ``severity``
 ``fix``) and per-area details (``mx``, ``spf``, ``dmarc``, ``dkim``, ``bimi``, ``mta_sts``,
 ``tls_rpt``, ``dnssec``).
 
+With ``--store``, ``--data-dir`` or ``--config`` (found as ``mailmoat queue`` finds them), the
+DKIM selectors that verified in mail this gateway received are tried too, between the given
+and the common ones; each DKIM finding says where its selector came from.
+
 ``--dnssec`` says the ``--resolver`` is a validating resolver we trust (its AD bit is used).
 ``--cafile`` replaces the system CA store for the MTA-STS policy fetch and the MX certificate
 checks (private CAs, tests). ``--map-host NAME=ADDR[:PORT]`` connects to ADDR for NAME (the
 MTA-STS policy host or an MX) while SNI and certificate checks still use NAME (staging, tests).
 
 Exit codes: 0 -- no finding of severity error; 1 -- at least one error finding (or no
-nameserver configured); 2 -- usage error.
+nameserver configured, or the store cannot be opened); 2 -- usage error.
 
 SECURITY: everything printed from DNS, HTTPS or SMTP is printed as plain text, never as rich
 markup.
@@ -45,6 +50,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mailmoat.cli._dns_options import pick_resolver, resolver_option, zone_option
+from mailmoat.cli._store_options import locate_store, store_options
+from mailmoat.errors import StoreError
 from mailmoat.gateway.posture import (
     SCHEMA_VERSION,
     DomainReport,
@@ -56,6 +63,7 @@ from mailmoat.gateway.posture import (
 from mailmoat.net.fetch import Fetcher
 from mailmoat.net.starttls_probe import ProbeResult, probe_starttls
 from mailmoat.resolver import Resolver
+from mailmoat.store import Store, open_store
 
 __all__ = ["check"]
 
@@ -118,6 +126,7 @@ async def _run(
     mapping: Mapping[str, tuple[str, int | None]],
     timeout: float,
     progress: Progress | None,
+    store_url: str | None = None,
 ) -> list[DomainReport]:
     mapped: dict[str, str | tuple[str, int]] = {
         name: (host, port) if port else host for name, (host, port) in mapping.items()
@@ -136,10 +145,20 @@ async def _run(
         if progress is not None and task is not None:
             progress.update(task, advance=1, description=f"checked {report.domain}")
 
-    async with Fetcher(cafile=cafile, timeout=timeout, addresses=mapped,
-                       resolve=address_resolver(resolver)) as fetcher:
-        return await check_domains(domains, resolver, options=options, fetcher=fetcher,
-                                   prober=prober, on_done=done)
+    store: Store | None = None
+    if store_url is not None:
+        try:
+            store = await open_store(store_url)
+        except StoreError as exc:
+            raise click.ClickException(f"cannot open the store: {exc}") from None
+    try:
+        async with Fetcher(cafile=cafile, timeout=timeout, addresses=mapped,
+                           resolve=address_resolver(resolver)) as fetcher:
+            return await check_domains(domains, resolver, options=options, fetcher=fetcher,
+                                       prober=prober, on_done=done, selector_source=store)
+    finally:
+        if store is not None:
+            await store.close()
 
 
 @click.command()
@@ -147,7 +166,8 @@ async def _run(
 @resolver_option
 @zone_option
 @click.option("--selector", "selectors", multiple=True, metavar="S",
-              help="DKIM selector to look for (repeatable); common ones are tried too.")
+              help="DKIM selector to look for (repeatable); common ones, and with --store "
+                   "those seen verifying in received mail, are tried too.")
 @click.option("--no-common-selectors", is_flag=True,
               help="Try only the --selector names for DKIM.")
 @click.option("--no-smtp", is_flag=True, help="Do not connect to the MX hosts (STARTTLS).")
@@ -161,10 +181,12 @@ async def _run(
 @click.option("--timeout", type=click.FloatRange(min=0.5, max=300.0), default=20.0,
               show_default=True, help="Seconds for each HTTPS fetch and SMTP probe.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@store_options
 def check(*, domains: tuple[str, ...], resolvers: tuple[str, ...], zone: Path | None,
           selectors: tuple[str, ...], no_common_selectors: bool, no_smtp: bool, dnssec: bool,
           cafile: Path | None, map_hosts: dict[str, tuple[str, int | None]], timeout: float,
-          as_json: bool) -> None:
+          as_json: bool, store_url: str | None, data_dir: Path | None,
+          config: Path | None) -> None:
     """Check the email-security posture of DOMAIN(s): MX, SPF, DMARC, DKIM, BIMI, MTA-STS,
     TLS-RPT, DNSSEC, TLSA and STARTTLS.
 
@@ -173,6 +195,9 @@ def check(*, domains: tuple[str, ...], resolvers: tuple[str, ...], zone: Path | 
     if zone is not None and dnssec:
         raise click.UsageError("--dnssec needs a validating --resolver, not --zone")
     resolver = pick_resolver(resolvers, zone, trust_ad=dnssec)
+    # The gateway's store only when asked for: a check run away from the gateway has none.
+    url = (locate_store(config, data_dir, store_url, what="gateway")[0]
+           if store_url or data_dir or config else None)
     options = PostureOptions(selectors=selectors, common_selectors=not no_common_selectors,
                              smtp=not no_smtp, dnssec_validating=dnssec)
     err = Console(stderr=True, highlight=False)
@@ -183,10 +208,11 @@ def check(*, domains: tuple[str, ...], resolvers: tuple[str, ...], zone: Path | 
         with progress:
             reports = asyncio.run(_run(domains, resolver=resolver, options=options,
                                        cafile=cafile, mapping=map_hosts, timeout=timeout,
-                                       progress=progress))
+                                       progress=progress, store_url=url))
     else:
         reports = asyncio.run(_run(domains, resolver=resolver, options=options, cafile=cafile,
-                                   mapping=map_hosts, timeout=timeout, progress=None))
+                                   mapping=map_hosts, timeout=timeout, progress=None,
+                                   store_url=url))
     if as_json:
         click.echo(json.dumps({"schema": SCHEMA_VERSION,
                                "domains": [r.as_dict() for r in reports]}, indent=2))

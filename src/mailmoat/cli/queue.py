@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import click
 
+from mailmoat.cli._store_options import locate_store, store_options
 from mailmoat.clock import SYSTEM_CLOCK
-from mailmoat.errors import ConfigError, SpoolError, StoreError
-from mailmoat.gateway.config import default_data_dir, find_config
+from mailmoat.errors import SpoolError, StoreError
 from mailmoat.spool import Spool
 from mailmoat.store import STATES, Attempt, Delivery, Store, open_store
 
@@ -28,30 +28,10 @@ T = TypeVar("T")
 
 def _options(func: F) -> F:
     func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
-    func = click.option("--store", "store_url", metavar="URL",
-                        help="sqlite:PATH or postgresql://... (default: from the config).")(func)
-    func = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                        help="Data directory (its config.toml, mailmoat.db and spool/).")(func)
-    func = click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-                        help="Config file naming store.url and spool.dir.")(func)
-    return func
+    return store_options(func)
 
 
-def _locate(config: Path | None, data_dir: Path | None,
-            store_url: str | None) -> tuple[str, Path]:
-    try:
-        found = find_config(config, data_dir)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    base = data_dir or default_data_dir()
-    url = store_url or (found.store_url if found else f"sqlite:{base / 'mailmoat.db'}")
-    spool_dir = found.spool_dir if found else base / "spool"
-    if url.startswith("sqlite:"):
-        path = url.removeprefix("sqlite:")
-        path = path[2:] if path.startswith("//") else path  # as open_store reads it
-        if not Path(path).exists():
-            raise click.ClickException(f"no queue database at {path}")
-    return url, spool_dir
+_locate = locate_store
 
 
 def _run(url: str, action: Callable[[Store], Awaitable[T]]) -> T:

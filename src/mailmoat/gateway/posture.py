@@ -19,8 +19,10 @@ Areas and the rules they apply:
 * ``dmarc``: RFC 7489 / RFC 9989 discovery through :func:`mailmoat.auth.dmarc.discover_policy`,
   policy strength, ``pct``, alignment modes, ``rua``/``ruf`` and the external destination
   authorisation of RFC 7489 §7.1 (``<policy-domain>._report._dmarc.<destination>`` TXT).
-* ``dkim``: the selectors given plus :data:`COMMON_SELECTORS`: a key that is not found is
-  "not found among the tried selectors", never "missing" (selectors cannot be listed); key
+* ``dkim``: the selectors given, those that verified in mail this gateway received (a
+  :class:`SelectorSource`: the store, over :data:`LEARNED_SELECTOR_WINDOW`) and
+  :data:`COMMON_SELECTORS`, each finding saying where its selector came from: a key that is not
+  found is "not found among the tried selectors", never "missing" (selectors cannot be listed); key
   syntax via :func:`mailmoat.auth.dkim.parse_key_record`, revoked keys (empty ``p=``), RSA
   size (RFC 8301 §3.2: < 1024 MUST NOT be used, < 2048 SHOULD NOT), ``t=y`` testing.
 * ``bimi``: :mod:`mailmoat.auth.bimi` discovery, record, VMC presence, DMARC prerequisite.
@@ -74,7 +76,7 @@ from mailmoat.auth.mtasts import Policy as STSPolicy
 from mailmoat.auth.spf import MechanismKind, Qualifier, SPFRecord, is_spf_record, parse_record
 from mailmoat.auth.tlsrpt import TLSRPTStatus, lookup_tlsrpt
 from mailmoat.clock import SYSTEM_CLOCK, Clock
-from mailmoat.errors import DNSError, DNSTemporaryError, ParseError
+from mailmoat.errors import DNSError, DNSTemporaryError, ParseError, StoreError
 from mailmoat.net.fetch import Fetcher, FetchError
 from mailmoat.net.mtasts import fetch_policy, policy_url
 from mailmoat.net.starttls_probe import ProbeResult, probe_starttls
@@ -92,11 +94,13 @@ from mailmoat.resolver import (
 
 __all__ = [
     "COMMON_SELECTORS",
+    "LEARNED_SELECTOR_WINDOW",
     "SCHEMA_VERSION",
     "DomainReport",
     "Finding",
     "PostureOptions",
     "Prober",
+    "SelectorSource",
     "Severity",
     "address_resolver",
     "check_domain",
@@ -119,6 +123,21 @@ COMMON_SELECTORS: Final = (
     "s1", "s2", "fm1", "fm2", "fm3", "zoho", "protonmail", "protonmail2", "protonmail3",
     "smtp", "key1", "key2", "mx", "mailmoat",
 )
+
+#: How far back :func:`check_domain` looks for selectors seen in received mail. Keys are
+#: rotated (M3AAWG's DKIM key rotation practices ask for at least every six months), so a
+#: selector not seen verifying for longer is likely retired.
+LEARNED_SELECTOR_WINDOW: Final = datetime.timedelta(days=183)
+#: Where each selector tried came from: ``--selector``, received mail, the common list.
+_GIVEN, _LEARNED, _COMMON = "given", "received mail", "common"
+_ORIGIN_TEXT: Final = {
+    _GIVEN: "selector given",
+    _LEARNED: "selector seen verifying in mail received here",
+    _COMMON: "common selector name",
+}
+#: A selector read back from the store: dot-separated labels of the characters a verifier
+#: accepts in s= (RFC 6376 §3.1 sub-domains, plus "_" seen in real selectors).
+_STORED_SELECTOR: Final = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 
 #: BIMI logos: the SVG Tiny Portable/Secure profile asks for files under 32 KiB; we allow a
 #: little more before calling it broken. Media type per RFC 6838 registration image/svg+xml.
@@ -188,6 +207,14 @@ class Prober(Protocol):
     ``addresses`` are the host's addresses found through the check's resolver."""
 
     def __call__(self, host: str, addresses: Sequence[str]) -> Awaitable[ProbeResult]: ...
+
+
+class SelectorSource(Protocol):
+    """DKIM selectors seen verifying for a domain in received mail, most recent first:
+    :meth:`mailmoat.store.Store.dkim_selectors_seen` (any :class:`~mailmoat.store.Store`)."""
+
+    async def dkim_selectors_seen(self, domain: str, *, since: float | None = None,
+                                  limit: int = ...) -> list[str]: ...
 
 
 def address_resolver(resolver: Resolver) -> Callable[[str], Awaitable[list[str]]]:
@@ -288,6 +315,7 @@ class _Context:
     options: PostureOptions
     report: _Report
     clock: Clock
+    selector_source: SelectorSource | None = None
     mx: list[_MXHost] = field(default_factory=list)
     null_mx: bool = False
     authenticated: bool | None = None  # AD bit of the first positive answer
@@ -676,12 +704,35 @@ async def _check_dmarc(ctx: _Context) -> None:
 
 # ------------------------------------------------------------------------------ DKIM ---
 
+async def _learned_selectors(ctx: _Context) -> list[str]:
+    """Selectors seen verifying for the domain in received mail (none without a source). A
+    store that cannot be read is a finding, not a failed DKIM check."""
+    if ctx.selector_source is None:
+        return []
+    since = ctx.clock.now() - LEARNED_SELECTOR_WINDOW.total_seconds()
+    try:
+        seen = await ctx.selector_source.dkim_selectors_seen(
+            ctx.domain, since=since, limit=limits.POSTURE_MAX_DKIM_SELECTORS)
+    except StoreError as exc:
+        ctx.report.warning("dkim", f"cannot read selectors seen in received mail: "
+                           f"{_short(str(exc))}", "Check --store / the config's store.url.")
+        return []
+    return [s for s in (t.lower() for t in seen) if _STORED_SELECTOR.fullmatch(s)]
+
+
 async def _check_dkim(ctx: _Context) -> None:
     r, domain = ctx.report, ctx.domain
-    selectors = list(dict.fromkeys(s.strip().lower() for s in ctx.options.selectors if s))
+    origin: dict[str, str] = {}
+    for given in ctx.options.selectors:
+        if given.strip():
+            origin.setdefault(given.strip().lower(), _GIVEN)
+    learned = await _learned_selectors(ctx)
+    for selector in learned:
+        origin.setdefault(selector, _LEARNED)
     if ctx.options.common_selectors:
-        selectors += [s for s in COMMON_SELECTORS if s not in selectors]
-    selectors = selectors[: limits.POSTURE_MAX_DKIM_SELECTORS]
+        for selector in COMMON_SELECTORS:
+            origin.setdefault(selector, _COMMON)
+    selectors = list(origin)[: limits.POSTURE_MAX_DKIM_SELECTORS]
     answers = await asyncio.gather(*(
         _ask(ctx.resolver, f"{s}._domainkey.{domain}", RRType.TXT) for s in selectors))
     found: list[dict[str, Any]] = []
@@ -693,16 +744,18 @@ async def _check_dkim(ctx: _Context) -> None:
         texts = _txts(answer)
         if not texts:
             continue
-        name = f"{selector}._domainkey.{domain}"
+        name = f"{selector}._domainkey.{domain} ({_ORIGIN_TEXT[origin[selector]]})"
         try:
             key = parse_key_record(texts[0])
         except (DKIMTagError, ParseError) as exc:
-            found.append({"selector": selector, "valid": False, "error": str(exc)})
+            found.append({"selector": selector, "source": origin[selector], "valid": False,
+                          "error": str(exc)})
             r.error("dkim", f"key {name} is not usable: {_short(str(exc))}",
                     "Republish the key record (v=DKIM1; k=rsa; p=<base64 public key>).")
             continue
-        entry = {"selector": selector, "valid": True, "key_type": key.key_type,
-                 "bits": key.key_bits, "revoked": key.key is None, "testing": key.testing}
+        entry = {"selector": selector, "source": origin[selector], "valid": True,
+                 "key_type": key.key_type, "bits": key.key_bits, "revoked": key.key is None,
+                 "testing": key.testing}
         found.append(entry)
         if key.key is None:
             r.info("dkim", f"key {name} is revoked (empty p=)",
@@ -725,7 +778,7 @@ async def _check_dkim(ctx: _Context) -> None:
         bits = f"-{key.key_bits}" if key.key_bits else ""
         r.ok("dkim", f"key {name}: {key.key_type.upper()}{bits}")
     ctx.report.details["dkim"] = {"selectors_tried": selectors, "keys": found,
-                                  "dns_failures": failed}
+                                  "dns_failures": failed, "selectors_seen": learned}
     if found and not any(k.get("valid") and not k.get("revoked") for k in found):
         r.add("dkim", Severity.INFO if ctx.null_mx else Severity.WARNING,
               "no usable DKIM key among the selectors tried (only revoked or broken ones)",
@@ -733,9 +786,11 @@ async def _check_dkim(ctx: _Context) -> None:
     if not found:
         given = (f" (given: {', '.join(ctx.options.selectors)})"
                  if ctx.options.selectors else "")
+        seen = (f" (seen verifying in mail received here: {_short(', '.join(learned))})"
+                if learned else "")
         r.add("dkim", Severity.INFO if ctx.null_mx else Severity.WARNING,
               f"no DKIM key found among the {len(selectors)} selectors tried"
-              f"{given}; selectors cannot be listed, so keys may exist under other names",
+              f"{given}{seen}; selectors cannot be listed, so keys may exist under other names",
               "Pass the selector your signer uses (--selector NAME), or publish a key.")
 
 
@@ -996,9 +1051,11 @@ async def check_domain(
     fetcher: Fetcher | None = None,
     prober: Prober | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    selector_source: SelectorSource | None = None,
 ) -> DomainReport:
-    """Check one domain (see the module docstring). Never raises for DNS, HTTPS or SMTP
-    trouble: each becomes a finding."""
+    """Check one domain (see the module docstring). Never raises for DNS, HTTPS, SMTP or
+    store trouble: each becomes a finding. ``selector_source`` (a
+    :class:`~mailmoat.store.Store`) adds the DKIM selectors seen verifying in received mail."""
     options = options or PostureOptions()
     name = domain.strip().lower().rstrip(".")
     try:
@@ -1016,7 +1073,8 @@ async def check_domain(
                      "Give a domain such as example.com.")
         return DomainReport(domain=name, findings=tuple(report.findings), details={})
     report = _Report(name)
-    ctx = _Context(domain=name, resolver=resolver, options=options, report=report, clock=clock)
+    ctx = _Context(domain=name, resolver=resolver, options=options, report=report, clock=clock,
+                   selector_source=selector_source)
     await _guard(ctx, "mx", _check_mx(ctx))
     await _guard(ctx, "spf", _check_spf(ctx))
     await _guard(ctx, "dmarc", _check_dmarc(ctx))
@@ -1060,6 +1118,7 @@ async def check_domains(
     clock: Clock = SYSTEM_CLOCK,
     on_done: Callable[[DomainReport], None] | None = None,
     concurrency: int = limits.POSTURE_CONCURRENCY,
+    selector_source: SelectorSource | None = None,
 ) -> list[DomainReport]:
     """Check several domains, at most ``concurrency`` at a time; results in input order.
     ``on_done`` is called as each domain completes (for progress display)."""
@@ -1069,7 +1128,8 @@ async def check_domains(
     async def one(name: str) -> DomainReport:
         async with gate:
             result = await check_domain(name, resolver, options=options, fetcher=fetcher,
-                                        prober=prober, clock=clock)
+                                        prober=prober, clock=clock,
+                                        selector_source=selector_source)
         if on_done is not None:
             on_done(result)
         return result

@@ -66,6 +66,7 @@ from mailmoat.errors import LocalProtocolError, RemoteProtocolError
 from mailmoat.net.fetch import Fetcher
 from mailmoat.net.mtasts import MTASTSClient
 from mailmoat.net.smtp_client import check_certificate
+from mailmoat.net.tls import peer_chain
 from mailmoat.resolver import Resolver
 from mailmoat.smtp.client import ClientConnection, ClientEvent, CommandReply, EhloResponse
 from mailmoat.smtp.replies import Reply
@@ -330,25 +331,6 @@ def _has_san(cert: x509.Certificate) -> bool:
     return True
 
 
-def _peer_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
-    """The DER certificates the server sent, leaf first. ``get_unverified_chain`` is public
-    from Python 3.13, a method of the private ``_sslobj`` before; without it, the leaf only."""
-    getter = getattr(ssl_object, "get_unverified_chain", None)
-    if getter is None:
-        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
-    chain: list[bytes] = []
-    if getter is not None:
-        with contextlib.suppress(Exception):
-            for cert in getter() or ():
-                # _ssl.Certificate.public_bytes(2) is DER (_ssl.ENCODING_DER).
-                chain.append(cert if isinstance(cert, bytes) else cert.public_bytes(2))
-    if not chain:
-        leaf = ssl_object.getpeercert(binary_form=True)
-        if leaf:
-            chain = [leaf]
-    return chain[: limits.DANE_MAX_CHAIN]
-
-
 # --- TLS contexts ------------------------------------------------------------------------------
 def _base_context() -> ssl.SSLContext:
     """Receive any certificate (it is judged afterwards); no compression, no renegotiation."""
@@ -600,7 +582,7 @@ def _record_tls(ssl_object: ssl.SSLObject, out: dict[str, Any]) -> None:
     out["tls_version"] = ssl_object.version()
     out["cipher"] = cipher[0] if cipher else None
     out["cipher_bits"] = cipher[2] if cipher else None
-    out["chain_der"] = tuple(_peer_chain(ssl_object))
+    out["chain_der"] = tuple(peer_chain(ssl_object))
 
 
 async def _try_version(target: _Target, version: str
@@ -623,7 +605,7 @@ async def _try_version(target: _Target, version: str
             ssl_object = await session.starttls(context, target.sni)
         cipher = ssl_object.cipher()
         negotiated = ssl_object.version()
-        chain = tuple(_peer_chain(ssl_object))
+        chain = tuple(peer_chain(ssl_object))
     except _TLSFailure as exc:
         text = str(exc)
         if any(marker in text.upper() for marker in _OUR_SIDE):

@@ -1,16 +1,20 @@
 """The STARTTLS probe of one MX for ``mailmoat check`` (layer L3).
 
-:func:`probe_starttls` asks :func:`mailmoat.net.smtp_client.probe` (connect to ``host:25`` or a
-given address, greeting, EHLO, STARTTLS when offered (RFC 3207), EHLO, QUIT; no mail
-transaction) first *without* enforcing the certificate, so that what a strict sender would
-refuse can still be described (TLS version, cipher, names, validity dates), then, when TLS
-worked, once more *with* verification (chain and RFC 6125 name, against the system store or
-``cafile``): a refusal there is the :attr:`ProbeResult.certificate_problem`. The outcome is a
-:class:`ProbeResult` value, never an exception.
+:func:`probe_starttls` is :func:`mailmoat.net.probe.probe` (the ``mailmoat probe`` engine)
+reduced to what a posture check needs: one connection to ``host:25`` or a given address,
+greeting, EHLO, STARTTLS when offered (RFC 3207), EHLO, QUIT; no mail transaction, no TLS
+version sweep, no DANE or MTA-STS (the check does those from its own DNS answers). The
+certificate is received without being enforced, so that what a strict sender would refuse can
+still be described (TLS version, cipher, names, validity dates), and is then judged - chain
+and RFC 6125 name against the system store or ``cafile`` - by
+:func:`mailmoat.net.smtp_client.check_certificate`: a refusal there is the
+:attr:`ProbeResult.certificate_problem`. The outcome is a :class:`ProbeResult` value, never an
+exception.
 
-SECURITY: the server is untrusted: every wait is bounded by one overall ``timeout``, replies
-are parsed by the engine, certificate text is returned as data (callers print it as plain
-text), and nothing the server says is acted upon beyond the STARTTLS offer.
+SECURITY: the server is untrusted: every step is bounded by ``timeout`` and the whole probe by
+``2 * timeout + 1`` seconds, replies are parsed by the engine, certificate text is returned as
+data (callers print it as plain text), and nothing the server says is acted upon beyond the
+STARTTLS offer.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from mailmoat import limits
-from mailmoat.net.smtp_client import SendError, Timeouts, TLSDetails, probe
+from mailmoat.net.probe import ProbeError, ProbeReport, probe
+from mailmoat.net.smtp_client import TLSDetails
 
 __all__ = ["ProbeResult", "probe_starttls"]
 
@@ -75,53 +80,50 @@ async def probe_starttls(
 ) -> ProbeResult:
     """Probe ``host`` (the MX name: SNI and the certificate name). ``connect_to`` replaces the
     address connected to (an address of the MX found through our own resolver; tests)."""
-    target = connect_to or host
-    if ":" in target and not target.startswith("["):
-        target = f"[{target}]"  # an IPv6 literal for smtp_client
-    timeouts = Timeouts.uniform(timeout)
     try:
         async with asyncio.timeout(2 * timeout + 1):
-            return await _probe(host, target, port, helo, cafile, timeouts)
+            report = await probe(connect_to or host, port, mode="starttls", server_name=host,
+                                 helo=helo, cafile=cafile, timeout=timeout,
+                                 test_versions=False, dane=False)
     except TimeoutError:
         return ProbeResult(host=host, port=port, connected=False,
                            error=f"timed out after {timeout:g} s")
-
-
-async def _probe(  # noqa: PLR0917 - private helper of probe_starttls
-    host: str, target: str, port: int, helo: str | None, cafile: Path | str | None,
-    timeouts: Timeouts,
-) -> ProbeResult:
-    try:
-        session = await probe(target, port=port, server_name=host, helo=helo, cafile=cafile,
-                              verify=False, timeouts=timeouts)
-    except SendError as exc:
-        return _failed(host, port, exc)
-    except ValueError as exc:
+    except ProbeError as exc:
         return ProbeResult(host=host, port=port, connected=False, error=str(exc))
-    banner = session.greeting.text.split("\n")[0][:200] if session.greeting else None
-    before = session.ehlo_before_tls
-    offered = before is not None and "STARTTLS" in before
-    if session.tls is None:
-        return ProbeResult(host=host, port=port, connected=True, banner=banner,
-                           starttls_offered=offered,
-                           error=None if not offered else "STARTTLS offered but not completed")
-    # Verification enforced by OpenSSL (chain and RFC 6125 name), on a second connection:
-    # the first one reported everything without refusing.
-    problem: str | None = None
-    try:
-        await probe(target, port=port, server_name=host, helo=helo, cafile=cafile,
-                    verify=True, timeouts=timeouts)
-    except SendError as exc:
-        problem = str(exc) if exc.stage == "tls" else f"could not re-check: {exc}"
+    return _result(host, port, report)
+
+
+def _result(host: str, port: int, report: ProbeReport) -> ProbeResult:
+    banner = report.banner.text.split("\n")[0][:200] if report.banner else None
+    offered = report.starttls_offered
+    if not report.tls:
+        # Why there is no TLS: the session failed, the handshake failed, or nothing offered it.
+        error = report.error or report.tls_error
+        if error is None and offered:
+            error = "STARTTLS offered but not completed"
+        return ProbeResult(host=host, port=port, connected=report.connected, banner=banner,
+                           starttls_offered=offered, error=error)
+    problem = report.certificate_problem
+    leaf = report.chain[0] if report.chain else None
+    # The handshake did not enforce the certificate (it was judged afterwards), so, as
+    # smtp_client.tls_details says of an unenforced one, "verified" is False and the judgement
+    # is in verify_error.
+    tls = TLSDetails(
+        version=report.tls_version or "unknown",
+        cipher=report.cipher or "unknown",
+        bits=report.cipher_bits or 0,
+        server_name=host,
+        subject=leaf.subject if leaf else (
+            "(unparsable certificate)" if report.chain_der else None),
+        issuer=leaf.issuer if leaf else None,
+        san=leaf.san if leaf else (),
+        not_before=leaf.not_before if leaf else None,
+        not_after=leaf.not_after if leaf else None,
+        verified=False,
+        verify_error="not verified (verification disabled)" + (
+            f"; a check finds: {problem}" if problem
+            else f"; the certificate would verify for {host}"),
+    )
     return ProbeResult(host=host, port=port, connected=True, banner=banner,
-                       starttls_offered=True, tls=session.tls, certificate_problem=problem)
-
-
-def _failed(host: str, port: int, exc: SendError) -> ProbeResult:
-    session = exc.session
-    connected = exc.stage != "connect"
-    banner = session.greeting.text.split("\n")[0][:200] if session.greeting else None
-    before = session.ehlo_before_tls
-    offered = None if before is None else "STARTTLS" in before
-    return ProbeResult(host=host, port=port, connected=connected, banner=banner,
-                       starttls_offered=offered, tls=session.tls, error=str(exc))
+                       starttls_offered=True, tls=tls, certificate_problem=problem,
+                       error=report.error)

@@ -32,7 +32,9 @@ Errors
 
 SECURITY: certificate and key files are trusted configuration; they are read with a size cap
 (:data:`mailmoat.limits.TLS_PEM_FILE_MAX`). The peer's certificate is untrusted: it is parsed
-only by ``cryptography`` to print its subject, never used for decisions here. SNI names sent
+only by ``cryptography`` to print its subject, never used for decisions here;
+:func:`peer_chain` hands it on as DER, at most :data:`mailmoat.limits.TLS_PEER_CHAIN_MAX`
+certificates. SNI names sent
 by clients are only compared with configured names (bounded by the DNS name limit) and never
 echoed into logs unbounded.
 """
@@ -40,6 +42,7 @@ echoed into logs unbounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import logging
@@ -71,6 +74,7 @@ __all__ = [
     "describe",
     "generate_self_signed",
     "load_certificate_names",
+    "peer_chain",
     "server_context",
 ]
 
@@ -455,6 +459,32 @@ def describe(
         server_name=server_name,
         verified=verified,
     )
+
+
+def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket, *,
+               limit: int = limits.TLS_PEER_CHAIN_MAX) -> list[bytes]:
+    """The DER certificates the peer sent, leaf first, at most ``limit`` of them (the chain
+    is untrusted input), whether or not they were verified.
+
+    ``get_unverified_chain`` is public from Python 3.13 (it returns DER bytes) and a method of
+    the private ``_sslobj`` on 3.10-3.12 (returning ``_ssl.Certificate`` objects, whose
+    ``public_bytes(2)`` is DER, ``_ssl.ENCODING_DER``); without either, the leaf alone.
+    """
+    getter = getattr(ssl_object, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    chain: list[bytes] = []
+    if getter is not None:
+        with contextlib.suppress(Exception):  # private API on 3.11/3.12: never let it break
+            for cert in getter() or ():
+                chain.append(cert if isinstance(cert, bytes) else cert.public_bytes(2))
+                if len(chain) >= limit:
+                    break
+    if not chain:
+        leaf = ssl_object.getpeercert(binary_form=True)
+        if leaf:
+            chain = [leaf]
+    return chain[: max(0, limit)]
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -18,6 +18,10 @@ from mailmoat.errors import DNSPermanentError
 
 __all__ = ["name_labels", "normalize_name"]
 
+#: The longest name without its root dot: the wire form adds a length octet before the first
+#: label and the root octet at the end (RFC 1035 §2.3.4, §3.1), so len + 2 <= DNS_NAME_MAX.
+_FAST_MAX = limits.DNS_NAME_MAX - 2
+
 
 def _refuse(name: str, why: str) -> DNSPermanentError:
     shown = name if len(name) <= 80 else name[:77] + "..."
@@ -32,6 +36,24 @@ def normalize_name(name: str) -> str:
     length octets and the root label included), and RFC 1035 §3.1: only the root label is
     empty.
     """
+    # Fast path, the common case (a name already normalised, or plain ASCII): for an ASCII
+    # name the checks below reduce to string tests, and ``str.lower`` lower-cases exactly the
+    # ASCII letters, as ``bytes.lower`` does. At most 253 characters once the root dot is
+    # gone (wire length = len + 2 <= 255), no empty label (no leading, trailing or doubled
+    # dot), no label over 63 characters. Anything else takes the full path, which gives the
+    # same answer or the precise refusal.
+    if name.isascii():
+        raw_name = name[:-1] if name[-1:] == "." else name
+        size = len(raw_name)
+        if (
+            0 < size <= _FAST_MAX
+            and raw_name[0] != "."
+            and raw_name[-1] != "."
+            and ".." not in raw_name
+            and (size <= limits.DNS_LABEL_MAX
+                 or max(map(len, raw_name.split("."))) <= limits.DNS_LABEL_MAX)
+        ):
+            return raw_name.lower()
     # Bound before any copying work: every character is at least one octet.
     if len(name) > limits.DNS_NAME_MAX:
         raise _refuse(name, f"longer than {limits.DNS_NAME_MAX} octets")

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 from mailmoat import limits
-from mailmoat.errors import DNSPermanentError, DNSTemporaryError
+from mailmoat.errors import DNSError, DNSPermanentError, DNSTemporaryError
 from mailmoat.resolver._names import normalize_name
 from mailmoat.resolver._types import MX, TLSA, TXT, Answer, NoData, NXDomain, Record, RRType
 
@@ -50,6 +51,9 @@ __all__ = ["DEFAULT_TTL", "FakeResolver"]
 DEFAULT_TTL: Final = 300
 #: RFC 1035 §3.3: a <character-string> is a length octet followed by at most 255 octets.
 _CHARACTER_STRING_MAX: Final = 255
+
+#: A memoised outcome of one question: the Answer, or a factory of the error to raise.
+_Outcome = Answer | Callable[[], DNSError]
 
 _TIMEOUT: Final = "timeout"
 _SERVFAIL: Final = "servfail"
@@ -103,10 +107,16 @@ class FakeResolver:
         self._ancestors: set[str] = set()
         #: Every question asked, in order: ``(normalised name, type)``.
         self.queries: list[tuple[str, RRType]] = []
+        #: What each question about an existing name gives, computed once: bounded by the zone
+        #: (names stored and their ancestors, times the types). Cleared by any change.
+        self._outcomes: dict[tuple[str, RRType], _Outcome] = {}
 
     # ----------------------------------------------------------------- building the zone ---
 
     def _node(self, name: str) -> _Node:
+        """The node of ``name``, created if new. Every change to the zone goes through here
+        (callers mutate the node it returns), so the memoised outcomes are dropped."""
+        self._outcomes.clear()
         key = _checked_name(name)
         node = self._nodes.get(key)
         if node is None:
@@ -322,9 +332,26 @@ class FakeResolver:
 
     async def resolve(self, name: str, rrtype: RRType) -> Answer:
         """Answer from the stored data (see the module docstring for every rule)."""
-        qname = normalize_name(name)
-        rrtype = RRType(rrtype)
+        if rrtype.__class__ is not RRType:
+            rrtype = RRType(rrtype)
+        # A name stored in the zone is already normalised (normalize_name is idempotent), so
+        # asking it exactly as stored skips normalisation.
+        qname = name if name in self._nodes else normalize_name(name)
         self.queries.append((qname, rrtype))
+        key = (qname, rrtype)
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            if qname not in self._nodes and qname not in self._ancestors:
+                # Not memoised: the names that do not exist are unbounded, the zone is not.
+                raise NXDomain(qname)
+            outcome = self._outcomes[key] = self._lookup(qname, rrtype)
+        if isinstance(outcome, Answer):
+            return outcome
+        raise outcome()
+
+    def _lookup(self, qname: str, rrtype: RRType) -> _Outcome:
+        """What asking ``(qname, rrtype)`` gives: the Answer (frozen, so built once and shared)
+        or a factory of the exception to raise (a fresh one each time it is raised)."""
         current = qname
         seen = {qname}
         ttl: int | None = None
@@ -333,11 +360,11 @@ class FakeResolver:
             node = self._nodes.get(current)
             if node is None:
                 if current in self._ancestors:
-                    raise NoData(qname, rrtype)
-                raise NXDomain(qname)
+                    return partial(NoData, qname, rrtype)
+                return partial(NXDomain, qname)
             if node.failure is not None and rrtype not in node.answered_despite_failure:
                 what = "timed out" if node.failure == _TIMEOUT else "SERVFAIL"
-                raise DNSTemporaryError(f"{current} {rrtype}: {what}")
+                return partial(DNSTemporaryError, f"{current} {rrtype}: {what}")
             authenticated = authenticated and node.authenticated
             cname = node.rrsets.get(RRType.CNAME)
             if cname and rrtype is not RRType.CNAME:
@@ -345,13 +372,14 @@ class FakeResolver:
                 target = cname[0]
                 assert isinstance(target, str)
                 if target in seen:
-                    raise DNSPermanentError(f"{qname} {rrtype}: CNAME loop at {current}")
+                    return partial(DNSPermanentError,
+                                   f"{qname} {rrtype}: CNAME loop at {current}")
                 seen.add(target)
                 current = target
                 continue
             records = node.rrsets.get(rrtype)
             if not records:
-                raise NoData(qname, rrtype)
+                return partial(NoData, qname, rrtype)
             return Answer(
                 name=qname,
                 rrtype=rrtype,
@@ -360,8 +388,9 @@ class FakeResolver:
                 canonical_name=current,
                 authenticated=authenticated,
             )
-        raise DNSPermanentError(
-            f"{qname} {rrtype}: CNAME chain longer than {limits.DNS_MAX_CNAME_CHAIN}"
+        return partial(
+            DNSPermanentError,
+            f"{qname} {rrtype}: CNAME chain longer than {limits.DNS_MAX_CNAME_CHAIN}",
         )
 
 

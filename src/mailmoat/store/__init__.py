@@ -13,6 +13,8 @@ Tables (schema version in ``schema_version``; migrations are append-only, see ``
     DKIM / ARC / DMARC results with domains, selectors and alignment, the policy applied and
     the local overrides. The columns a DMARC aggregate report (RFC 7489 Appendix C) groups
     by are flat, so :meth:`Store.dmarc_aggregate` is one ``GROUP BY``.
+    :meth:`Store.dkim_selectors_seen` lists the DKIM selectors that verified for a domain
+    (what ``mailmoat check`` tries besides the given and common ones).
 ``deliveries``
     the delivery queue, one row per (message, recipient, destination): state (``queued``,
     ``in-flight``, ``deferred``, ``delivered``, ``bounced``), attempts, ``next_attempt_at``,

@@ -153,6 +153,13 @@ class PostgresStore:
             cur = await conn.execute(_q(S.DMARC_AGGREGATE), (domain, begin, end))
             return [S.aggregate_from_row(r) for r in await cur.fetchall()]
 
+    async def dkim_selectors_seen(self, domain: str, *, since: float | None = None,
+                                  limit: int = limits.STORE_SELECTORS_SEEN_MAX) -> list[str]:
+        async with self._tx() as conn:
+            cur = await conn.execute(S.DKIM_SELECTORS_SEEN["postgres"],
+                                     S.selectors_seen_params(domain, since, limit))
+            return [str(r[0]) for r in await cur.fetchall()]
+
     # --- queue ------------------------------------------------------------------------------
     async def enqueue(self, items: list[NewDelivery], *, now: float) -> list[int]:
         ids: list[int] = []

@@ -180,6 +180,43 @@ ORDER BY n DESC, client_ip, header_from, disposition
 """
 
 
+# DKIM selectors of ``domain`` that verified ("pass") in received mail since a time, most
+# recently seen first. Only a pass proves the selector's key was published under the domain: a
+# forged message can name any s= for any d=, but cannot make it verify. Names compare ASCII
+# case-insensitively (RFC 4343 §3; SQLite's lower() and lower(... COLLATE "C") in PostgreSQL
+# fold ASCII letters only, as DNS does). Row-wise JSON: one expression per dialect.
+DKIM_SELECTORS_SEEN: dict[Dialect, str] = {
+    "sqlite": """
+SELECT lower(json_extract(sig.value, '$.selector')) AS selector, MAX(v.received_at) AS seen
+FROM verdicts AS v, json_each(v.dkim_results) AS sig
+WHERE v.received_at >= ?
+  AND lower(json_extract(sig.value, '$.domain')) = ?
+  AND json_extract(sig.value, '$.result') = 'pass'
+  AND json_extract(sig.value, '$.selector') IS NOT NULL
+GROUP BY 1 ORDER BY seen DESC, selector LIMIT ?
+""",
+    "postgres": """
+SELECT lower(sig->>'selector' COLLATE "C") AS selector, MAX(v.received_at) AS seen
+FROM verdicts AS v, jsonb_array_elements(v.dkim_results::jsonb) AS sig
+WHERE v.received_at >= %s
+  AND lower(sig->>'domain' COLLATE "C") = %s
+  AND sig->>'result' = 'pass'
+  AND sig->>'selector' IS NOT NULL
+GROUP BY 1 ORDER BY seen DESC, selector LIMIT %s
+""",
+}
+
+
+def selectors_seen_params(domain: str, since: float | None, limit: int) -> tuple[Any, ...]:
+    """The query's parameters: the domain ASCII-lower-cased without its root dot (as the SQL
+    folds the stored one), no lower time bound for ``since=None``."""
+    name = domain.rstrip(".").translate(_ASCII_LOWER)
+    return (float("-inf") if since is None else since, name, max(0, limit))
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def aggregate_from_row(row: Sequence[Any]) -> AggregateRow:
     return AggregateRow(
         source_ip=row[0], count=int(row[1]), disposition=row[2], dkim=row[3], spf=row[4],

@@ -140,6 +140,15 @@ class SQLiteStore:
             return [S.aggregate_from_row(r) for r in rows]
         return await self._call(run)
 
+    async def dkim_selectors_seen(self, domain: str, *, since: float | None = None,
+                                  limit: int = limits.STORE_SELECTORS_SEEN_MAX) -> list[str]:
+        params = S.selectors_seen_params(domain, since, limit)
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(S.DKIM_SELECTORS_SEEN["sqlite"], params).fetchall()
+            return [str(r[0]) for r in rows]
+        return await self._call(run)
+
     # --- queue ------------------------------------------------------------------------------
     async def enqueue(self, items: list[NewDelivery], *, now: float) -> list[int]:
         def run(conn: sqlite3.Connection) -> list[int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from mailmoat import limits
+
 #: Delivery states. ``queued``/``deferred`` are waiting (due at ``next_attempt_at``),
 #: ``in-flight`` is claimed by a worker until ``lease_until``, ``delivered``/``bounced`` are final.
 DeliveryState = Literal["queued", "in-flight", "deferred", "delivered", "bounced"]
@@ -173,6 +175,11 @@ class Store(Protocol):
     async def dmarc_aggregate(
         self, domain: str, begin: float, end: float
     ) -> list[AggregateRow]: ...
+
+    async def dkim_selectors_seen(
+        self, domain: str, *, since: float | None = None,
+        limit: int = limits.STORE_SELECTORS_SEEN_MAX,
+    ) -> list[str]: ...
 
     # delivery queue
     async def enqueue(self, items: list[NewDelivery], *, now: float) -> list[int]: ...

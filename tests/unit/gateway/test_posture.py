@@ -12,14 +12,19 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mailmoat import limits
 from mailmoat.auth.dkim import key_record, txt_strings
 from mailmoat.clock import FixedClock
+from mailmoat.errors import StoreError
 from mailmoat.gateway.posture import (
+    COMMON_SELECTORS,
+    LEARNED_SELECTOR_WINDOW,
     DomainReport,
     PostureOptions,
     Severity,
@@ -30,6 +35,7 @@ from mailmoat.net.fetch import Fetcher
 from mailmoat.net.smtp_client import TLSDetails
 from mailmoat.net.starttls_probe import ProbeResult
 from mailmoat.resolver import FakeResolver
+from mailmoat.store import DkimRecord, SQLiteStore, Verdict
 
 NOW = datetime.datetime(2026, 11, 28, tzinfo=datetime.UTC)
 CLOCK = FixedClock(wall=NOW.timestamp())
@@ -281,6 +287,136 @@ async def test_common_selectors_are_tried(rsa2048: str) -> None:
     fake.add_txt("selector1._domainkey.example.com", *txt_strings(rsa2048))
     report = await run(fake, PostureOptions(smtp=False))
     assert Severity.OK in severities(report, "dkim")
+
+
+# ------------------------------------------------- DKIM selectors from received mail ---
+# Issue #8 item 2. Store rows are written by hand; what is expected follows from them: a
+# selector is learned when a signature by the domain verified with it (result "pass", RFC 8601
+# §2.7.1) within the window; it is tried after the given selectors and before the common
+# names; each finding names where its selector came from. Keys exist in the zone for
+# selectors that must *not* be tried (forged, retired, foreign), so a wrong query would show.
+
+DAY = 86_400.0
+
+
+def _verdict(n: int, t: float, *sigs: tuple[str, str, str]) -> Verdict:
+    return Verdict(spool_id=f"01JD{n:022d}", received_at=t,
+                   dkim=tuple(DkimRecord(domain=d, selector=s, result=r) for d, s, r in sigs))
+
+
+def _key_sources(report: DomainReport) -> dict[str, str]:
+    return {k["selector"]: k["source"] for k in report.details["dkim"]["keys"]}
+
+
+def _key_message(report: DomainReport, selector: str) -> str:
+    [found] = [f.message for f in report.by_check("dkim")
+               if f"key {selector}._domainkey." in f.message]
+    return found
+
+
+async def test_selectors_that_verified_in_received_mail_are_tried(rsa2048: str,
+                                                                  tmp_path: Path) -> None:
+    now = NOW.timestamp()
+    store = await SQLiteStore.open(tmp_path / "mailmoat.db", synchronous="OFF")
+    for v in (
+        _verdict(1, now - DAY, ("example.com", "learned", "pass")),
+        _verdict(2, now - 2 * DAY, ("example.com", "selector1", "pass"),
+                 ("example.com", "S1", "pass")),                # the given one, other case
+        _verdict(3, now - DAY, ("example.com", "forged", "fail")),    # never verified
+        _verdict(4, now - LEARNED_SELECTOR_WINDOW.total_seconds() - DAY,
+                 ("example.com", "retired", "pass")),                 # outside the window
+        _verdict(5, now - DAY, ("other.example", "elsewhere", "pass")),  # another domain
+    ):
+        await store.record_verdict(v)
+    fake = dmarc_zone(rsa2048, "v=DMARC1; p=reject; rua=mailto:d@example.com")
+    for selector in ("learned", "selector1", "forged", "retired", "elsewhere"):
+        fake.add_txt(f"{selector}._domainkey.example.com", *txt_strings(rsa2048))
+    try:
+        report = await check_domain("example.com", fake, clock=CLOCK, selector_source=store,
+                                    options=PostureOptions(smtp=False, selectors=("s1",)))
+    finally:
+        await store.close()
+    dkim = report.details["dkim"]
+    # Most recently seen first; s1 and selector1 were seen at the same time: by name.
+    assert dkim["selectors_seen"] == ["learned", "s1", "selector1"]
+    # Given first, then learned, then the common names; nothing forged, retired or foreign.
+    assert dkim["selectors_tried"] == (
+        ["s1", "learned", "selector1"]
+        + [s for s in COMMON_SELECTORS if s not in ("s1", "selector1")]
+    )[: limits.POSTURE_MAX_DKIM_SELECTORS]
+    assert _key_sources(report) == {"s1": "given", "learned": "received mail",
+                                    "selector1": "received mail"}
+    assert "(selector given)" in _key_message(report, "s1")
+    assert "(selector seen verifying in mail received here)" in _key_message(report, "learned")
+    assert "(selector seen verifying in mail received here)" in _key_message(report,
+                                                                              "selector1")
+    assert all(f.severity is Severity.OK for f in report.by_check("dkim"))
+
+
+async def test_common_names_say_so_and_nothing_is_learned_without_a_store(rsa2048: str
+                                                                          ) -> None:
+    fake = dmarc_zone(rsa2048)
+    fake.add_txt("selector2._domainkey.example.com", *txt_strings(rsa2048))
+    report = await check_domain("example.com", fake, options=PostureOptions(smtp=False),
+                                clock=CLOCK)
+    assert _key_sources(report) == {"s1": "common", "selector2": "common"}
+    assert "(common selector name)" in _key_message(report, "selector2")
+    assert report.details["dkim"]["selectors_seen"] == []
+    assert report.details["dkim"]["selectors_tried"] == list(COMMON_SELECTORS)
+
+
+class _Source:
+    """A SelectorSource that records what it is asked and answers as told."""
+
+    def __init__(self, answer: list[str] | Exception) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, float | None, int]] = []
+
+    async def dkim_selectors_seen(self, domain: str, *, since: float | None = None,
+                                  limit: int = 0) -> list[str]:
+        self.asked.append((domain, since, limit))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def test_the_store_is_asked_for_the_window_and_its_answer_is_checked(rsa2048: str
+                                                                           ) -> None:
+    source = _Source(["ok1", "bad name", "x\x1b[31m", "a..b", "", "OK2"])
+    fake = dmarc_zone(rsa2048)
+    for selector in ("ok1", "ok2"):
+        fake.add_txt(f"{selector}._domainkey.example.com", *txt_strings(rsa2048))
+    report = await check_domain("Example.COM.", fake, clock=CLOCK, selector_source=source,
+                                options=PostureOptions(smtp=False, common_selectors=False))
+    assert source.asked == [("example.com",
+                             NOW.timestamp() - LEARNED_SELECTOR_WINDOW.total_seconds(),
+                             limits.POSTURE_MAX_DKIM_SELECTORS)]
+    # Only names a verifier could have accepted in s= are asked about (or printed).
+    assert report.details["dkim"]["selectors_tried"] == ["ok1", "ok2"]
+    assert _key_sources(report) == {"ok1": "received mail", "ok2": "received mail"}
+
+
+async def test_an_unreadable_store_is_a_finding_not_a_failed_check(rsa2048: str) -> None:
+    source = _Source(StoreError("SQLite: database is locked"))
+    report = await check_domain("example.com", dmarc_zone(rsa2048), clock=CLOCK,
+                                selector_source=source, options=NO_SMTP)
+    findings = report.by_check("dkim")
+    assert [f.severity for f in findings] == [Severity.WARNING, Severity.OK]
+    assert "cannot read selectors seen in received mail" in findings[0].message
+    assert "database is locked" in findings[0].message
+
+
+async def test_not_found_names_the_learned_selectors(rsa2048: str) -> None:
+    fake = FakeResolver()
+    fake.add_mx("example.com", 10, "mx1.example.com")
+    fake.add_a("mx1.example.com", "192.0.2.25")
+    report = await check_domain("example.com", fake, clock=CLOCK,
+                                selector_source=_Source(["rotated"]),
+                                options=PostureOptions(smtp=False, common_selectors=False))
+    [finding] = report.by_check("dkim")
+    assert finding.severity is Severity.WARNING
+    assert "no DKIM key found among the 1 selectors tried" in finding.message
+    assert "seen verifying in mail received here: rotated" in finding.message
 
 
 # ---------------------------------------------------------------------------- BIMI ---

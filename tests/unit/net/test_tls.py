@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mailmoat.errors import TLSConfigError
@@ -28,6 +29,7 @@ from mailmoat.net.tls import (
     describe,
     generate_self_signed,
     load_certificate_names,
+    peer_chain,
     server_context,
 )
 
@@ -174,6 +176,26 @@ async def test_requested_name_and_describe(ca: trustme.CA, tmp_path: Path, echo:
     assert server_info.comment() == f"using TLSv1.3 with cipher {name} ({bits}/{bits} bits)"
     assert server.server_objects[0].compression() is None
     writer.close()
+
+
+async def test_peer_chain_is_what_the_server_sent(ca: trustme.CA, tmp_path: Path,
+                                                  echo: type[EchoServer]) -> None:
+    # A leaf under an intermediate: the server sends both; trustme's PEMs are the oracle.
+    intermediate = ca.create_child_ca()
+    tls = ServerTLS([write_cert(intermediate, tmp_path, "c", "chain.example")])
+    server = echo(tls.context)
+    await server.start()
+    with open(tmp_path / "c.crt", "rb") as f:
+        expected = [c.public_bytes(serialization.Encoding.DER)
+                    for c in x509.load_pem_x509_certificates(f.read())]
+    assert len(expected) == 2  # leaf, intermediate
+    for ctx in (client_context(verify=False), trusting(ca)):  # unverified and verified
+        _, writer = await connect(server.port, ctx, "chain.example")
+        ssl_object = writer.get_extra_info("ssl_object")
+        assert peer_chain(ssl_object) == expected
+        assert peer_chain(ssl_object, limit=1) == expected[:1]
+        assert peer_chain(ssl_object)[0] == ssl_object.getpeercert(binary_form=True)
+        writer.close()
 
 
 # --- protocol policy ----------------------------------------------------------------------

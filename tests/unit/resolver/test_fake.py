@@ -330,6 +330,60 @@ def test_name_validity_agrees_with_dnspython(labels: list[bytes]) -> None:
         assert normal.encode("utf-8") == text.lower()
 
 
+_ascii_label = st.text(alphabet="abcXYZ019-_", min_size=0, max_size=70)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_ascii_label, min_size=1, max_size=6), st.booleans())
+def test_ascii_names_agree_with_dnspython(labels: list[str], root_dot: bool) -> None:
+    """The common case (ASCII, mixed case, optional root dot) against the same oracle."""
+    try:
+        dns.name.Name([*(label.encode("ascii") for label in labels), b""])
+        oracle_ok = True
+    except dns.exception.DNSException:
+        oracle_ok = False
+    text = ".".join(labels)
+    assume(text and not text.endswith("."))
+    try:
+        normal = normalize_name(text + "." if root_dot else text)
+        ours_ok = True
+    except DNSPermanentError:
+        ours_ok = False
+    assert ours_ok == oracle_ok, labels
+    if ours_ok:
+        # RFC 4343 §3: ASCII letters compare case-insensitively; lower case is the form kept.
+        assert normal == text.lower()
+        assert normalize_name(normal) == normal
+
+
+async def test_answers_follow_changes_to_the_zone() -> None:
+    # Every question is answered from the data as it is when asked, however often asked.
+    fake = FakeResolver()
+    fake.add_txt("example.com", "v=spf1 -all")
+    first = await fake.resolve("example.com", RRType.TXT)
+    again = await fake.resolve("EXAMPLE.com.", RRType.TXT)
+    assert first == again
+    assert fake.queries == [("example.com", RRType.TXT)] * 2
+    with pytest.raises(NoData):
+        await fake.resolve("example.com", RRType.A)
+    fake.add_a("example.com", "192.0.2.1")
+    assert (await fake.resolve("example.com", RRType.A)).records == (V4("192.0.2.1"),)
+    fake.add_txt("example.com", "second")
+    assert len((await fake.resolve("example.com", RRType.TXT)).records) == 2
+    with pytest.raises(NXDomain):
+        await fake.resolve("new.example.com", RRType.A)
+    fake.add_cname("new.example.com", "example.com", ttl=60)
+    answer = await fake.resolve("new.example.com", RRType.A)
+    assert (answer.canonical_name, answer.ttl) == ("example.com", 60)
+    fake.set_authenticated("new.example.com")
+    fake.set_authenticated("example.com")
+    assert (await fake.resolve("new.example.com", RRType.A)).authenticated
+    fake.set_servfail("example.com")
+    for _ in range(2):
+        with pytest.raises(DNSTemporaryError):
+            await fake.resolve("new.example.com", RRType.A)
+
+
 # --------------------------------------------------------------------------- DNSSEC bit ---
 
 

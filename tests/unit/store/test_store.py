@@ -114,6 +114,40 @@ async def test_dmarc_aggregate_groups_per_rfc7489_record(store: Store) -> None:
     assert await store.dmarc_aggregate("example.org", 2000.0, 3000.0) == []
 
 
+async def test_dkim_selectors_seen_are_those_that_verified(store: Store) -> None:
+    def sig(selector: str | None, result: str = "pass",
+            domain: str = "example.org") -> DkimRecord:
+        return DkimRecord(domain=domain, selector=selector, result=result)
+
+    for v in (
+        _v(1, "192.0.2.1", t=1000.0, sigs=(sig("s1"),)),
+        _v(2, "192.0.2.1", t=3000.0, sigs=(sig("s2"), sig("x", domain="list.example"))),
+        # RFC 4343 §3: selector and domain are DNS names, ASCII case-insensitive.
+        _v(3, "192.0.2.1", t=2000.0, sigs=(sig("S1", domain="EXAMPLE.org"),)),
+        # Only a verified signature proves the key exists: a forged s= (fail, permerror,
+        # temperror, neutral) is not learned; neither is a signature without a selector.
+        _v(4, "198.51.100.7", t=4000.0, sigs=(sig("forged", "fail"), sig("nokey", "permerror"),
+                                             sig("dns", "temperror"), sig("n", "neutral"),
+                                             sig(None))),
+        _v(5, "192.0.2.1", t=500.0, sigs=(sig("old"),)),
+        _v(6, "192.0.2.1", t=5000.0, sigs=(sig("sub", domain="mail.example.org"),
+                                          sig("other", domain="example.org.evil"))),
+    ):
+        await store.record_verdict(v)
+    # Most recently verified first: s2 (3000), s1 (1000 and 2000 as S1), old (500).
+    assert await store.dkim_selectors_seen("example.org") == ["s2", "s1", "old"]
+    assert await store.dkim_selectors_seen("Example.ORG.") == ["s2", "s1", "old"]
+    assert await store.dkim_selectors_seen("example.org", since=1500.0) == ["s2", "s1"]
+    assert await store.dkim_selectors_seen("example.org", since=3000.0) == ["s2"]
+    assert await store.dkim_selectors_seen("example.org", since=3000.5) == []
+    assert await store.dkim_selectors_seen("example.org", limit=2) == ["s2", "s1"]
+    assert await store.dkim_selectors_seen("example.org", limit=0) == []
+    assert await store.dkim_selectors_seen("mail.example.org") == ["sub"]
+    assert await store.dkim_selectors_seen("list.example") == ["x"]
+    assert await store.dkim_selectors_seen("example.com") == []
+    assert await store.dkim_selectors_seen("x' OR '1'='1") == []
+
+
 async def _enqueue(store: Store, n: int, dest: str = "lmtp:a", now: float = 100.0) -> list[int]:
     return await store.enqueue(
         [NewDelivery(spool_id=sid(1), recipient=f"u{i}@example.org", destination=dest)
