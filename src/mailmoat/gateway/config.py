@@ -55,6 +55,10 @@ Example (all keys; every section but ``[[listener]]`` is optional)::
     local_domains = ["example.org"]
     trusted_networks = ["127.0.0.0/8", "::1/128"]
 
+    [dns]
+    resolvers = ["127.0.0.1:53"]    # default: /etc/resolv.conf; same syntax as --resolver
+    trust_ad = false                # true: the resolver validates DNSSEC (DANE may use AD)
+
     [auth]
     users_file = "users.jsonl"
 
@@ -141,6 +145,7 @@ from pydantic import (
 
 from mailmoat import limits
 from mailmoat.errors import ConfigError
+from mailmoat.net.dns import parse_nameserver
 from mailmoat.net.tls import CertificateSpec, generate_self_signed
 
 __all__ = [
@@ -297,6 +302,25 @@ class RelayConfig(_Model):
         return tuple(out)
 
 
+class DNSConfig(_Model):
+    """``[dns]``: the nameservers every DNS question goes to (the config twin of the commands'
+    ``--resolver HOST[:PORT]``); empty = those of /etc/resolv.conf. ``trust_ad`` says the
+    first of them is a local validating resolver (e.g. unbound) whose AD bit DANE may trust."""
+
+    resolvers: tuple[str, ...] = ()
+    trust_ad: bool = False
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                parse_nameserver(item)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("resolver: ")) from None
+        return value
+
+
 class AuthConfig(_Model):
     users_file: Path = Path(USERS_FILE_NAME)
 
@@ -440,6 +464,7 @@ class Config(_Model):
     limits: LimitsConfig = LimitsConfig()
     smtp: SmtpConfig = SmtpConfig()
     relay: RelayConfig = RelayConfig()
+    dns: DNSConfig = DNSConfig()
     auth: AuthConfig = AuthConfig()
     spool: SpoolConfig = SpoolConfig()
     submission_api: SubmissionAPIConfig = SubmissionAPIConfig()

@@ -236,3 +236,16 @@ def test_limit_defaults_match_constants(tmp_path: Path) -> None:
     config = parse_config(MX, base_dir=tmp_path)
     assert config.limits.max_connections_per_ip == limits.SERVER_MAX_CONNECTIONS_PER_IP
     assert config.limits.idle_timeout == limits.SERVER_IDLE_TIMEOUT
+
+
+def test_dns_resolvers_key_is_validated_and_named(tmp_path: Path) -> None:
+    base = '[[listener]]\naddress = "127.0.0.1"\nport = 2525\nmode = "plain"\nrole = "mx"\n'
+    good = parse_config(base + '[dns]\nresolvers = ["127.0.0.1:5353", "[::1]:53"]\n',
+                        base_dir=tmp_path, source=None)
+    assert good.dns.resolvers == ("127.0.0.1:5353", "[::1]:53")
+    assert good.dns.trust_ad is False
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + '[dns]\nresolvers = ["not a server:99999"]\n',
+                     base_dir=tmp_path, source=None)
+    assert info.value.key is not None
+    assert info.value.key.startswith("dns.resolvers")
