@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Final, Literal
 
 from mailmoat.limits import DKIM_CANON_PENDING_MAX
@@ -23,15 +24,18 @@ __all__ = [
     "BodyCanonicalizer",
     "CanonKind",
     "canonicalize_body",
+    "canonicalize_fields_relaxed",
     "canonicalize_header",
     "canonicalize_header_relaxed",
     "canonicalize_header_simple",
+    "canonicalize_headers_relaxed",
     "parse_canon_kind",
 ]
 
 CanonKind = Literal["simple", "relaxed"]
 
 _CRLF: Final = b"\r\n"
+_WSP_CRLF: Final = b" \t\r\n"
 # RFC 6376 §3.4.4 (relaxed body) a: "Reduce all sequences of WSP within a line to a single SP
 # character." b: "Ignore all whitespace at the end of lines."   WSP = SP / HTAB (RFC 5234).
 # Done as: collapse every WSP run to one SP, then drop the SP left before a CRLF. (Never
@@ -39,14 +43,21 @@ _CRLF: Final = b"\r\n"
 
 
 def _collapse_wsp(data: bytes) -> bytes:
-    """Every run of WSP to one SP, with C-speed ``bytes.replace`` (10-30x faster than a
+    """Every run of WSP to one SP, with C-speed ``bytes`` methods (several times faster than a
     regular expression here). Each pass halves the longest run, so a run of n octets takes
-    log2(n) passes: linear-logarithmic in the worst case, one or two passes on real text."""
+    log2(n) passes: linear-logarithmic in the worst case, one or two passes on real text.
+    (``bytes.replace`` returns the object itself when nothing matched: that ends the loop.)"""
     if b"\t" in data:
         data = data.replace(b"\t", b" ")
-    while b"  " in data:
-        data = data.replace(b"  ", b" ")
-    return data
+    if b" " not in data:  # (memchr: base64 parts have no SP at all)
+        return data
+    while True:
+        shorter = data.replace(b"  ", b" ")
+        if shorter is data or len(shorter) == len(data):
+            return data
+        data = shorter
+
+
 # RFC 6376 §3.4.2 (relaxed header): "Unfold all header field continuation lines ... MUST be
 # interpreted without the CRLF." (bare LF is tolerated as a line break, as peers do)
 _LINE_BREAK: Final = re.compile(rb"\r?\n")
@@ -102,6 +113,54 @@ def canonicalize_header(kind: CanonKind, name: bytes, raw_field: bytes) -> bytes
     elif value.endswith(b"\n"):
         value = value[:-1]
     return canonicalize_header_relaxed(name, value)
+
+
+def canonicalize_headers_relaxed(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """:func:`canonicalize_header_relaxed` of every ``(name, value)`` pair, concatenated (the
+    header part of a DKIM/ARC hash input, RFC 6376 §3.7), in a few passes over all of them.
+
+    The same octets as canonicalising the fields one by one (the per-field function is the
+    reference; a field set the batch cannot prove equivalent falls back to it): when every CR
+    and LF in the values belongs to a CRLF pair, stripping WSP and CRLFs at the ends of each
+    value, then removing the inner CRLFs (unfolding), turning HTAB into SP and collapsing SP
+    runs over the joined values gives each value's relaxed form. The names must hold no WSP,
+    CR or LF for that (an ``h=`` name is ``1*ftext``); other field sets are done field by
+    field. Linear: a fixed number of C-level passes (plus the log2 passes of the WSP collapse).
+    """
+    pairs = list(fields)
+    return canonicalize_fields_relaxed([n for n, _ in pairs], [v for _, v in pairs])
+
+
+def canonicalize_fields_relaxed(names: list[bytes], values: list[bytes]) -> bytes:
+    """:func:`canonicalize_headers_relaxed` with the names and the values in two lists."""
+    if not names:
+        return b""
+    check = b" ".join(values)  # (a separator that forms no CRLF across two values)
+    all_names = b":".join(names)
+    crlf = check.count(_CRLF)
+    if (
+        check.count(b"\r") != crlf
+        or check.count(b"\n") != crlf
+        or b" " in all_names
+        or b"\t" in all_names
+        or b"\r" in all_names
+        or b"\n" in all_names
+    ):
+        return b"".join(
+            [canonicalize_header_relaxed(n, v) for n, v in zip(names, values, strict=True)]
+        )
+    if not all_names.islower():  # (names without WSP: lower-casing is all that is left)
+        names = [name.lower() for name in names]
+    # Each segment is "name:value" with the value's leading/trailing WSP and CRLFs gone; the
+    # segments are joined by a bare LF (none occurs in them: every LF is in a CRLF, removed).
+    joined = b"\n".join(
+        [name + b":" + value.strip(_WSP_CRLF) for name, value in zip(names, values, strict=True)]
+    )
+    if crlf:
+        joined = joined.replace(_CRLF, b"")
+    # (after the strip and the unfolding, no segment starts or ends with WSP: the collapse
+    # cannot merge across a separator, and leaves nothing to strip)
+    return _collapse_wsp(joined).replace(b"\n", _CRLF) + _CRLF
 
 
 # --- body ------------------------------------------------------------------------------------
@@ -212,7 +271,8 @@ class BodyCanonicalizer:
 
     def _canon_lines(self, data: bytes) -> bytes:
         if self._relaxed:
-            return _collapse_wsp(data).replace(b" \r\n", _CRLF)
+            data = _collapse_wsp(data)
+            return data.replace(b" \r\n", _CRLF) if b" " in data else data
         return data
 
     def update(self, chunk: bytes) -> None:

@@ -2,7 +2,7 @@
 ARC-Authentication-Results (RFC 8617 §4.1), and the shared key/signature checks.
 
 SECURITY: every ARC field is untrusted message data. Tag lists are parsed by the bounded,
-linear DKIM tag-list parser (:func:`mailmoat.auth.dkim._tags.parse_tag_list`, fields over
+linear DKIM tag-list parser (:func:`mailmoat.auth.dkim.internals.parse_tag_list`, fields over
 ``limits.DKIM_SIGNATURE_FIELD_MAX`` refused); instances are at most two digits and must lie
 in 1..``limits.ARC_MAX_INSTANCES``; ``h=`` is bounded by ``limits.DKIM_MAX_SIGNED_HEADERS``;
 key records go through the DKIM key parser (RSA size bounded before use). Anything malformed
@@ -22,10 +22,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from mailmoat.auth.dkim._fields import RawField
-from mailmoat.auth.dkim._tags import (
+from mailmoat.auth.dkim.internals import (
     DKIMTagError,
     KeyRecord,
+    RawField,
     check_domain,
     parse_key_record,
     parse_tag_list,

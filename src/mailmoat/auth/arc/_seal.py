@@ -40,9 +40,15 @@ from mailmoat.auth.arc._types import ARCSet, ARCSigningError, ARCStatus, ARCVali
 from mailmoat.auth.arc._validate import seal_hash_input
 from mailmoat.auth.authres import AuthResResult, authserv_id_of, format_resinfo
 from mailmoat.auth.dkim import DEFAULT_SIGNED_HEADERS, PrivateKey
-from mailmoat.auth.dkim._fields import RawField, split_fields, split_message
-from mailmoat.auth.dkim._tags import DKIMTagError, check_domain
-from mailmoat.auth.dkim._verify import hash_input, index_fields
+from mailmoat.auth.dkim.internals import (
+    DKIMTagError,
+    RawField,
+    check_domain,
+    hash_input,
+    index_fields,
+    split_fields,
+    split_message,
+)
 from mailmoat.limits import ARC_MAX_INSTANCES, DKIM_RSA_MIN_BITS
 from mailmoat.message import Kind, tokenize, unfold
 from mailmoat.message.dkim_canon import BodyCanonicalizer

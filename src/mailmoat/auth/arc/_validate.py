@@ -56,9 +56,15 @@ from mailmoat.auth.arc._fields import (
 )
 from mailmoat.auth.arc._types import ARCSetCheck, ARCStatus, ARCValidation
 from mailmoat.auth.authres import authserv_id_of
-from mailmoat.auth.dkim._fields import RawField, split_fields, split_message
-from mailmoat.auth.dkim._tags import DKIMTagError, KeyRecord
-from mailmoat.auth.dkim._verify import hash_input, index_fields
+from mailmoat.auth.dkim.internals import (
+    DKIMTagError,
+    KeyRecord,
+    RawField,
+    hash_input,
+    index_fields,
+    split_fields,
+    split_message,
+)
 from mailmoat.clock import Clock
 from mailmoat.limits import (
     ARC_MAX_BODY_HASHES,

@@ -19,7 +19,7 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from mailmoat.auth.dkim._fields import split_fields, split_message
+from mailmoat.auth.dkim._fields import RawField, split_fields, split_message
 from mailmoat.auth.dkim._keys import PrivateKey
 from mailmoat.auth.dkim._tags import DKIMTagError, check_domain
 from mailmoat.auth.dkim._types import DKIMSigningError
@@ -44,19 +44,27 @@ DEFAULT_OVERSIGN: Final = ("From", "Subject", "Date", "To", "Cc", "Reply-To", "M
                            "MIME-Version", "Content-Type", "Content-Transfer-Encoding")
 
 _WIDTH: Final = 78
+_PKCS1: Final = padding.PKCS1v15()
+_SHA256: Final = hashes.SHA256()
 
 
-def _fold(tokens: list[tuple[str, str]], start: str) -> str:
+def _fold(tokens: list[tuple[str, str]], start: str) -> tuple[str, int]:
     """Join (separator, text) tokens after ``start``, folding with CRLF SP so that no line
-    exceeds 78 octets (RFC 5322 §2.1.1 "SHOULD be no more than 78 characters")."""
-    lines = [start]
+    exceeds 78 octets (RFC 5322 §2.1.1 "SHOULD be no more than 78 characters"). Returns the
+    text and the length of its last line."""
+    out = [start]
+    width = len(start)  # of the current line
     for sep, text in tokens:
-        line = lines[-1]
-        if len(line) + len(sep) + len(text) <= _WIDTH or line == " ":
-            lines[-1] = line + sep + text
+        n = len(sep) + len(text)
+        if width + n <= _WIDTH or width == 1:  # (a line holding only the folding SP)
+            out.append(sep)
+            out.append(text)
+            width += n
         else:
-            lines.append(" " + text)
-    return "\r\n".join(lines)
+            out.append("\r\n ")
+            out.append(text)
+            width = 1 + len(text)
+    return "".join(out), width
 
 
 def _chunks(text: str, first: int, rest: int) -> list[str]:
@@ -71,7 +79,7 @@ def _chunks(text: str, first: int, rest: int) -> list[str]:
 @functools.lru_cache(maxsize=64)
 def _plan(
     headers: tuple[str, ...] | None, oversign: tuple[str, ...]
-) -> tuple[tuple[str, bool, bool], ...]:
+) -> tuple[tuple[bytes, bool, bool], ...]:
     """(lower-case name, explicitly asked for, over-signed), in h= order, without repeats."""
     over = {h.lower() for h in oversign}
     chosen = DEFAULT_SIGNED_HEADERS if headers is None else headers
@@ -85,17 +93,23 @@ def _plan(
         seen.add(low)
         if not low.isascii() or not low or ":" in low or any(c <= " " for c in low):
             raise DKIMSigningError(f"not a header field name: {h!r}")
-        plan.append((low, low in explicit, low in over))
+        plan.append((low.encode("ascii"), low in explicit, low in over))
     return tuple(plan)
 
 
 def _header_list(
-    present: dict[bytes, int], headers: Sequence[str] | None, oversign: Sequence[str]
-) -> list[str]:
-    names: list[str] = []
-    for low, explicit, over in _plan(None if headers is None else tuple(headers),
-                                     tuple(oversign)):
-        count = present.get(low.encode(), 0)
+    index: dict[bytes, list[RawField]],
+    headers: Sequence[str] | None,
+    oversign: Sequence[str],
+) -> list[bytes]:
+    names: list[bytes] = []
+    plan = _plan(
+        None if headers is None else tuple(headers),
+        oversign if isinstance(oversign, tuple) else tuple(oversign),
+    )
+    for low, explicit, over in plan:
+        instances = index.get(low)
+        count = len(instances) if instances else 0
         if over:
             # every instance plus one more: adding an instance breaks the signature
             names.extend([low] * (count + 1))
@@ -164,15 +178,13 @@ def sign(
         raise DKIMSigningError("expire must be later than timestamp (RFC 6376 §3.5 x=)")
 
     header, body = split_message(message)
-    fields = split_fields(header)
-    index = index_fields(fields)
+    index = index_fields(split_fields(header))
     # §5.4: "The From header field MUST be signed"; a message without one cannot be.
     if b"from" not in index:
         raise DKIMSigningError("the message has no From header field")
-    present = {name: len(v) for name, v in index.items()}
-    names = _header_list(present, headers, oversign)
-    if "from" not in names:
-        names.insert(0, "from")
+    names = _header_list(index, headers, oversign)
+    if b"from" not in names:
+        names.insert(0, b"from")
 
     canon = BodyCanonicalizer(c_body)
     canon.update(body)
@@ -193,24 +205,24 @@ def sign(
         tokens.append((" ", f"x={int(expire)};"))
     if body_length:
         tokens.append((" ", f"l={canon.length};"))
-    for i, name in enumerate(names):
-        text = name + (":" if i < len(names) - 1 else ";")
-        tokens.append((" " if i == 0 else "", ("h=" if i == 0 else "") + text))
+    texts = [n.decode("ascii") + ":" for n in names]
+    texts[0] = "h=" + texts[0]
+    texts[-1] = texts[-1][:-1] + ";"
+    tokens.append((" ", texts[0]))
+    tokens.extend([("", text) for text in texts[1:]])
     tokens.append((" ", f"bh={body_hash};"))
     tokens.append((" ", "b="))
-    unsigned = _fold(tokens, "DKIM-Signature:")
+    unsigned, last = _fold(tokens, "DKIM-Signature:")
 
-    data = hash_input(index, [n.encode("ascii") for n in names], c_header == "relaxed",
-                      unsigned.encode("ascii"))
+    data = hash_input(index, names, c_header == "relaxed", unsigned.encode("ascii"))
     if isinstance(private_key, rsa.RSAPrivateKey):
-        value = private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        value = private_key.sign(data, _PKCS1, _SHA256)
     else:
         # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the data
         value = private_key.sign(hashlib.sha256(data).digest())
     b64 = base64.b64encode(value).decode("ascii")
-    last = unsigned.rsplit("\r\n", 1)[-1]
-    pieces = _chunks(b64, max(0, _WIDTH - len(last)), _WIDTH - 1)
-    field = unsigned + pieces[0] + "".join("\r\n " + p for p in pieces[1:]) + "\r\n"
+    pieces = _chunks(b64, max(0, _WIDTH - last), _WIDTH - 1)
+    field = unsigned + pieces[0] + "".join(["\r\n " + p for p in pieces[1:]]) + "\r\n"
     return field.encode("ascii")
 
 

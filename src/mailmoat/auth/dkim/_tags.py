@@ -36,6 +36,7 @@ __all__ = [
     "KeyRecord",
     "PublicKey",
     "Signature",
+    "Tag",
     "parse_key_record",
     "parse_signature",
     "parse_tag_list",
@@ -68,11 +69,15 @@ class DKIMTagError(ParseError):
 _TAG_CHARS: Final = re.compile(rb"[\x21-\x7e \t]*")
 # RFC 5322 §3.6.8 field-name = 1*ftext; ftext = %d33-57 / %d59-126
 _FIELD_NAME: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
-_FIELD_NAMES: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]+(?::[\x21-\x39\x3b-\x7e]+)*")
+# §3.5 sig-h-tag value: hdr-name *( [FWS] ":" [FWS] hdr-name ), FWS also at either end (the
+# tag-spec's own [FWS]); the name class excludes ":" and FWS, so matching is linear
+_H_VALUE: Final = re.compile(
+    rb"[ \t\r\n]*[\x21-\x39\x3b-\x7e]+(?:[ \t\r\n]*:[ \t\r\n]*[\x21-\x39\x3b-\x7e]+)*[ \t\r\n]*"
+)
 _FWS_CHARS: Final = b" \t\r\n"
 
 
-class _Tag(NamedTuple):
+class Tag(NamedTuple):
     """One tag: its value (without surrounding FWS) and where it sits in the parsed bytes."""
 
     value: bytes
@@ -83,13 +88,13 @@ class _Tag(NamedTuple):
     after_eq: int
 
 
-def parse_tag_list(data: bytes) -> dict[str, _Tag]:
+def parse_tag_list(data: bytes) -> dict[str, Tag]:
     """Parse an RFC 6376 §3.2 tag list into name -> tag (value bytes with their position).
 
     §3.2: "Tags with duplicate names MUST NOT occur within a single tag-list; if a tag name
     does occur more than once, the entire tag-list is invalid."
     """
-    tags: dict[str, _Tag] = {}
+    tags: dict[str, Tag] = {}
     # Every octet must be a VALCHAR, ";", WSP or part of a CRLF that folds (FWS). One check
     # over the whole list (C speed); per-tag checks only to name the culprit.
     flat = data
@@ -106,24 +111,25 @@ def parse_tag_list(data: bytes) -> dict[str, _Tag]:
     if not pieces[-1].strip(_FWS_CHARS):
         pieces.pop()  # tag-list = tag-spec *( ";" tag-spec ) [ ";" ]
     offset = 0
+    new = tuple.__new__  # (the tuple built directly: one per tag of every signature)
     for piece in pieces:
-        eq = piece.find(b"=")
-        if eq < 0:
+        raw_name, eq, rest = piece.partition(b"=")
+        if not eq:
             if piece.strip(_FWS_CHARS):
                 raise DKIMTagError(f"tag without '=': {_show(piece)}")
             raise DKIMTagError("empty tag-spec in tag list")
-        name = piece[:eq].strip(_FWS_CHARS)
+        name = raw_name.strip(_FWS_CHARS)
         # tag-name = ALPHA *ALNUMPUNC (bytes.isalpha/isalnum are ASCII-only)
         if not (name[:1].isalpha() and (name.isalnum() or name.replace(b"_", b"").isalnum())):
             raise DKIMTagError(f"bad tag name {_show(name)}")
-        rest = piece[eq + 1 :]
         value = rest.strip(_FWS_CHARS)
         key = name.decode("ascii")
         if key in tags:
             raise DKIMTagError(f"duplicate tag {key}=")
-        after_eq = offset + eq + 1
-        start = after_eq + (len(rest) - len(rest.lstrip(_FWS_CHARS))) if value else after_eq
-        tags[key] = _Tag(value, start, start + len(value), after_eq)
+        after_eq = offset + len(raw_name) + 1
+        # (the value starts after its leading FWS, which holds none of the value's octets)
+        start = after_eq + rest.find(value) if value else after_eq
+        tags[key] = new(Tag, (value, start, start + len(value), after_eq))
         offset += len(piece) + 1
     return tags
 
@@ -141,7 +147,10 @@ def _strip_fws(value: bytes) -> bytes:
 
 def _b64(value: bytes, what: str) -> bytes:
     # RFC 6376 §2.4 base64string = ALPHADIGITPS *([FWS] ALPHADIGITPS) [ [FWS] "=" [ [FWS] "=" ] ]
-    compact = _strip_fws(value)
+    return _b64_compact(_strip_fws(value), what)
+
+
+def _b64_compact(compact: bytes, what: str) -> bytes:
     try:
         # strict: only the base64 alphabet and correct padding (C speed, no regex)
         return binascii.a2b_base64(compact, strict_mode=True)
@@ -173,7 +182,10 @@ def check_domain(value: str, what: str) -> str:
     return _domain(raw, what)
 
 
+@functools.lru_cache(maxsize=1024)
 def _domain(value: bytes, what: str) -> str:
+    """The checked, lower-cased domain (cached: the same d=/s= values recur across messages;
+    a refused value raises every time, exceptions are not cached)."""
     if len(value) > 253 or not _DOMAIN.fullmatch(value):
         raise DKIMTagError(f"{what} is not a valid domain name: {_show(value)}")
     return value.decode("ascii").rstrip(".").lower()
@@ -230,7 +242,9 @@ def parse_signature(raw_field: bytes) -> Signature:
     if algorithm not in ALGORITHMS:
         raise DKIMTagError(f"unknown signing algorithm a={algorithm}")
     key_type, hash_name = ALGORITHMS[algorithm]
-    signature = _b64(tags["b"].value, "b=")
+    b_tag = tags["b"]
+    b_compact = _strip_fws(b_tag.value)
+    signature = _b64_compact(b_compact, "b=")
     if not signature:
         raise DKIMTagError("b= is empty")
     body_hash = _b64(tags["bh"].value, "bh=")
@@ -263,10 +277,14 @@ def parse_signature(raw_field: bytes) -> Signature:
     selector = _domain(tags["s"].value, "s=")
 
     # §3.5 h=: sig-h-tag = %x68 [FWS] "=" [FWS] hdr-name *( [FWS] ":" [FWS] hdr-name )
-    h_names = [n.strip(_FWS_CHARS).lower() for n in tags["h"].value.split(b":")]
-    if len(h_names) > DKIM_MAX_SIGNED_HEADERS:
+    h_value = tags["h"].value
+    if h_value.count(b":") >= DKIM_MAX_SIGNED_HEADERS:
         raise DKIMTagError(f"h= lists more than {DKIM_MAX_SIGNED_HEADERS} header fields")
-    if not _FIELD_NAMES.fullmatch(b":".join(h_names)):
+    if _H_VALUE.fullmatch(h_value):
+        # FWS occurs only around the colons: deleting it leaves the names
+        h_names = h_value.translate(None, _FWS_CHARS).lower().split(b":")
+    else:
+        h_names = [n.strip(_FWS_CHARS).lower() for n in h_value.split(b":")]
         bad = next((n for n in h_names if not _FIELD_NAME.fullmatch(n)), b"")
         raise DKIMTagError(f"bad header field name in h=: {_show(bad)}")
     # §6.1.1: "If the "h=" tag does not include the From header field, the Verifier MUST
@@ -302,7 +320,6 @@ def parse_signature(raw_field: bytes) -> Signature:
     if timestamp is not None and expiration is not None and expiration <= timestamp:
         raise DKIMTagError("x= is not greater than t=")
 
-    b_tag = tags["b"]
     # §3.7: the signature field is hashed "with the value of the "b=" tag ... deleted (i.e.,
     # treated as the empty string)": the value and the FWS between "=" and it (as peers do).
     start = offset + b_tag.after_eq
@@ -324,7 +341,7 @@ def parse_signature(raw_field: bytes) -> Signature:
         length=length,
         timestamp=timestamp,
         expiration=expiration,
-        b_text=_strip_fws(b_tag.value).decode("ascii"),
+        b_text=b_compact.decode("ascii"),
         raw_without_b=raw_without_b,
     )
 

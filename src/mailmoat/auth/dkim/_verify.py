@@ -48,13 +48,18 @@ from mailmoat.limits import (
 from mailmoat.message.dkim_canon import (
     BodyCanonicalizer,
     CanonKind,
-    canonicalize_header_relaxed,
+    canonicalize_fields_relaxed,
 )
 from mailmoat.resolver import TXT, NoData, NXDomain, Resolver, RRType
 
 __all__ = ["DEFAULT_VERIFY_POLICY", "DKIMVerifier", "VerifyPolicy", "verify"]
 
-_HASHES = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
+#: (hash algorithm objects are stateless: one instance each serves every verification)
+#: rsa-sha1 is verified only when the policy allows it (RFC 8301 §3.1, checked in _check)
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha256": hashes.SHA256(),
+    "sha1": hashes.SHA1(),  # noqa: S303
+}
 _PKCS1 = padding.PKCS1v15()
 
 
@@ -273,7 +278,7 @@ class DKIMVerifier:
         key = record.key
         try:
             if isinstance(key, rsa.RSAPublicKey):
-                key.verify(sig.signature, data, _PKCS1, _HASHES[sig.hash_name]())
+                key.verify(sig.signature, data, _PKCS1, _HASHES[sig.hash_name])
             else:
                 assert isinstance(key, ed25519.Ed25519PublicKey)
                 # RFC 8463 §3: "signs the hash with the PureEdDSA variant Ed25519"
@@ -383,25 +388,26 @@ def hash_input(
     """§5.4.2: "...the Signer MUST choose the last unused instance of that header field" for
     each name of h= in order; a name with no (unused) instance contributes nothing. Then the
     DKIM-Signature field itself, b= emptied, canonicalised, without its final CRLF (§3.7)."""
-    parts: list[bytes] = []
+    selected: list[RawField] = []
     used: dict[bytes, int] = {}
     for name in names:
         instances = index.get(name)
-        if not instances:
-            continue
-        k = used.get(name, 0)
-        if k >= len(instances):
-            continue
-        used[name] = k + 1
-        f = instances[len(instances) - 1 - k]
-        parts.append(canonicalize_header_relaxed(f.name, f.value) if relaxed else f.raw)
+        if instances:
+            k = used.get(name, 0) + 1
+            if k <= len(instances):
+                used[name] = k
+                selected.append(instances[-k])
     raw = raw_without_b
-    if relaxed:
-        colon = raw.index(b":")
-        parts.append(canonicalize_header_relaxed(raw[:colon], raw[colon + 1 :])[:-2])
-    else:
-        parts.append(raw)
-    return b"".join(parts)
+    if not relaxed:
+        return b"".join([f.raw for f in selected]) + raw
+    colon = raw.index(b":")
+    names_out = [f.lname for f in selected]
+    names_out.append(raw[:colon].rstrip(b" \t").lower())
+    # RawField.value, inline: the raw bytes after the colon, without the final CRLF
+    values = [r[c + 1 : -2] if (c := r.find(b":")) >= 0 else b"" for r in [f.raw for f in selected]]
+    values.append(raw[colon + 1 :])
+    # (the signature field is hashed without its final CRLF, §3.7)
+    return canonicalize_fields_relaxed(names_out, values)[:-2]
 
 
 def index_fields(fields: Iterable[RawField]) -> dict[bytes, list[RawField]]:
