@@ -56,10 +56,15 @@ class RecoveryReport:
 
 @dataclass(slots=True)
 class _Job:
-    fd: int
+    fd: int | None  # None: a deferred writer's file, created in the worker thread from data
     tmp: Path
     final: Path
     future: asyncio.Future[None]
+    data: bytes | None = None
+
+
+def _create(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -74,9 +79,14 @@ class SpoolWriter:
     """Receives one message as it arrives; :meth:`commit` makes it durable, or :meth:`abort`.
 
     Not thread-safe; used from the event loop of the session that opened it.
+
+    A *deferred* writer (``open_writer(deferred=True)``) creates no file until 64 KiB are
+    buffered; a smaller message is written, fsync-ed and renamed by the commit's worker
+    thread, so the event loop makes no file-system call for it (metadata calls on the loop
+    would wait for a concurrent journal commit, i.e. for another session's fsync).
     """
 
-    def __init__(self, spool: Spool, spool_id: SpoolID, fd: int, tmp: Path,
+    def __init__(self, spool: Spool, spool_id: SpoolID, fd: int | None, tmp: Path,
                  max_size: int | None) -> None:
         self._spool = spool
         self.id = spool_id
@@ -90,7 +100,7 @@ class SpoolWriter:
 
     def write(self, data: bytes) -> None:
         """Append message bytes (buffered; flushed to the file every 64 KiB)."""
-        if self._done or self._fd is None:
+        if self._done:
             raise SpoolError("write on a committed or aborted spool writer")
         self.size += len(data)
         if self._max_size is not None and self.size > self._max_size:
@@ -103,7 +113,12 @@ class SpoolWriter:
             self._flush()
 
     def _flush(self) -> None:
-        assert self._fd is not None
+        if self._fd is None:  # a deferred writer outgrew its buffer: create the file now
+            try:
+                self._fd = _create(self._tmp)
+            except OSError as exc:
+                self._done = True
+                raise SpoolError(f"cannot create spool file {self._tmp}: {exc.strerror}") from None
         view = memoryview(self._buffer)
         try:
             while view:
@@ -126,11 +141,17 @@ class SpoolWriter:
         Returns only when the message is durable (the "250 OK" may then be sent). On error the
         half-written file is removed and :class:`SpoolError` raised (answer 451).
         """
-        if self._done or self._fd is None:
+        if self._done:
             raise SpoolError("commit on a committed or aborted spool writer")
         record = envelope_to_json(self.id, envelope, size=self.size, sha256=self.sha256)
         self._buffer += record
         self._buffer += trailer(self.size, record)
+        if self._fd is None:  # deferred and small: the worker thread writes the whole record
+            self._done = True
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            await self._spool._make_durable(None, self._tmp, self.id, data=data)
+            return self.id
         self._flush()
         self._done = True
         fd, self._fd = self._fd, None
@@ -313,13 +334,18 @@ class Spool:
 
     # --- writing --------------------------------------------------------------------------
 
-    def open_writer(self, *, max_size: int | None = None) -> SpoolWriter:
-        """A writer for one incoming message (call from the event loop)."""
+    def open_writer(self, *, max_size: int | None = None, deferred: bool = False) -> SpoolWriter:
+        """A writer for one incoming message (call from the event loop).
+
+        ``deferred=True``: the file is created only when needed (see :class:`SpoolWriter`).
+        """
         token = self._ensure_lock()
         spool_id = check_id(self._new_id())
         tmp = self.tmp_dir / f"{token}-{spool_id}.part"
+        if deferred:
+            return SpoolWriter(self, spool_id, None, tmp, max_size)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = _create(tmp)
         except OSError as exc:
             raise SpoolError(f"cannot create spool file {tmp}: {exc.strerror}") from None
         return SpoolWriter(self, spool_id, fd, tmp, max_size)
@@ -334,11 +360,18 @@ class Spool:
             raise
         return await writer.commit(envelope)
 
-    async def _make_durable(self, fd: int, tmp: Path, spool_id: SpoolID) -> None:
+    async def _make_durable(self, fd: int | None, tmp: Path, spool_id: SpoolID, *,
+                            data: bytes | None = None) -> None:
         loop = asyncio.get_running_loop()
-        job = _Job(fd=fd, tmp=tmp, final=self.queue_dir / spool_id, future=loop.create_future())
+        job = _Job(fd=fd, tmp=tmp, final=self.queue_dir / spool_id, future=loop.create_future(),
+                   data=data)
         if self.group_commit:
             self._pending.append(job)
+            # A finished flusher may still be in the set until its done-callback runs
+            # (uvloop polls I/O before that): count only live ones, or this job could wait
+            # for a flusher that will never look at the queue again.
+            for finished in [t for t in self._flushers if t.done()]:
+                self._flushers.discard(finished)
             if len(self._flushers) < self.batches_in_flight:
                 task = loop.create_task(self._flush_loop())
                 self._flushers.add(task)
@@ -356,6 +389,17 @@ class Spool:
         await asyncio.shield(job.future)
 
     async def _flush_loop(self) -> None:
+        try:
+            await self._flush_pending()
+        finally:
+            # Leave the flusher set *before* yielding to the loop: the task's done-callback
+            # runs later, and a commit queued in between would otherwise see a full set of
+            # flushers that are all finishing, and wait forever.
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushers.discard(task)
+
+    async def _flush_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
@@ -381,6 +425,8 @@ class Spool:
         each), while concurrent ones are folded by the journal into one commit.
         """
         def one(job: _Job) -> SpoolError | None:
+            if job.fd is None:
+                return SpoolError("spool file was not written")
             try:
                 os.fsync(job.fd)
             except OSError as exc:
@@ -397,10 +443,26 @@ class Spool:
             )
         return list(self._pool.map(one, batch))
 
+    @staticmethod
+    def _write_deferred(job: _Job) -> SpoolError | None:
+        """In a worker thread: create and write a deferred writer's file."""
+        if job.data is None:
+            return None
+        data, job.data = job.data, None
+        try:
+            job.fd = _create(job.tmp)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(job.fd, view):]
+        except OSError as exc:
+            return SpoolError(f"cannot write spool file: {exc.strerror}")
+        return None
+
     def _sync_batch(self, batch: list[_Job]) -> list[SpoolError | None]:
         """In a worker thread: fsync the files, rename them into queue/, fsync queue/ once."""
         self.batches += 1
-        errors = self._fsync_all(batch)
+        written = [self._write_deferred(job) for job in batch]
+        errors = [w or e for w, e in zip(written, self._fsync_all(batch), strict=True)]
         renamed = False
         for index, job in enumerate(batch):
             try:
@@ -410,7 +472,8 @@ class Spool:
             except OSError as exc:
                 errors[index] = SpoolError(f"cannot commit spool file: {exc.strerror}")
             finally:
-                os.close(job.fd)
+                if job.fd is not None:
+                    os.close(job.fd)
             if errors[index] is not None:
                 with contextlib.suppress(OSError):
                     job.tmp.unlink()
