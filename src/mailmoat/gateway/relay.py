@@ -21,6 +21,7 @@ refuse what classic relay tricks exploit:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -60,12 +61,23 @@ def normalize_domain(domain: str, *, mapping: bool = True) -> str | None:
     """
     if domain.startswith("["):
         return domain.lower()
+    lowered = domain.translate(_ASCII_LOWER)
+    if _PLAIN_LDH.fullmatch(lowered):
+        # Plain LDH labels with no "??--" (so no A-label to check): IDNA2008 and UTS-46 both
+        # leave them as they are, lower-cased (RFC 5891 §4.2.3.1, UTS #46 §4). Fast path.
+        return lowered
     try:
         if mapping:
             return idna.encode(domain, uts46=True).decode("ascii").lower()
         return idna.encode(domain.translate(_ASCII_LOWER)).decode("ascii").lower()
     except (idna.IDNAError, UnicodeError):
         return None
+
+
+#: RFC 1035 §2.3.1 LDH labels, none with hyphens in the 3rd and 4th positions (RFC 5891
+#: §4.2.3.1 reserves those for A-labels, which must go through the IDNA check).
+_PLAIN_LDH = re.compile(r"(?:(?![a-z0-9]{2}--)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                        r"(?![a-z0-9]{2}--)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class RelayPolicy:

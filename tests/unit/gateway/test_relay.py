@@ -138,3 +138,21 @@ def test_decision_reasons() -> None:
 def test_bad_configured_domain_is_an_error() -> None:
     with pytest.raises(ValueError, match="not a valid domain"):
         RelayPolicy(local_domains=["bad..domain"])
+
+
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [
+        ("Example.ORG", "example.org"),
+        ("a-b.example", "a-b.example"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),  # an A-label: checked, kept
+        ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+        ("ab--cd.example", None),  # hyphens in 3rd/4th place: not a valid A-label (RFC 5891)
+        ("-lead.example", None),
+    ],
+)
+def test_normalize_domain_fast_path_agrees_with_idna(domain: str, expected: str | None) -> None:
+    from mailmoat.gateway.relay import normalize_domain
+
+    assert normalize_domain(domain, mapping=False) == expected
+    assert normalize_domain(domain) == expected
