@@ -1,0 +1,197 @@
+"""A private Postfix instance receiving on a loopback port, for tests of our SMTP client.
+
+``PostfixSMTPD.start()`` writes its own ``main.cf``/``master.cf`` into a fresh directory (with
+its own queue, data directory and log file), runs ``postfix -c DIR start`` and waits for the
+greeting. Mail for ``example.net`` is delivered by Postfix's ``virtual`` agent into one
+Maildir (``messages()`` reads it). STARTTLS uses a certificate the caller passes (trustme);
+``smtpd_tls_received_header = yes`` makes Postfix write the TLS version and cipher it saw
+into the Received field - the peer's own record of the hop. ``stop()`` signals the master
+process by the PID in its pid file (only the instance we started).
+
+Needs root (Postfix's master runs as root and drops to ``mail_owner``) and the ``postfix``
+package; tests call ``require_peer("postfix")`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+MASTER_CF = """\
+{listen} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+MAIN_CF = """\
+compatibility_level = 3.6
+mail_owner = postfix
+setgid_group = postdrop
+queue_directory = {base}/queue
+data_directory = {base}/data
+maillog_file_prefixes = {base}
+maillog_file = {base}/maillog
+myhostname = postfix.test
+mydomain = postfix.test
+myorigin = postfix.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 192.0.2.0/24
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions =
+virtual_mailbox_domains = example.net
+virtual_mailbox_base = {base}/mail
+virtual_mailbox_maps = static:box/
+virtual_minimum_uid = 100
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+smtputf8_enable = yes
+message_size_limit = {size_limit}
+virtual_mailbox_limit = 0
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = {base}/tls/cert.pem
+smtpd_tls_key_file = {base}/tls/key.pem
+smtpd_tls_received_header = yes
+smtpd_tls_loglevel = 1
+biff = no
+alias_maps =
+alias_database =
+local_recipient_maps =
+smtpd_banner = $myhostname ESMTP Postfix
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PostfixSMTPD:
+    """One private Postfix instance (see the module docstring)."""
+
+    def __init__(self, postfix: str, *, cert_pem: bytes, key_pem: bytes,
+                 size_limit: int = 10_240_000) -> None:
+        self.postfix = postfix
+        self.cert_pem = cert_pem
+        self.key_pem = key_pem
+        self.size_limit = size_limit
+        self.port = 0
+        # Not under pytest's tmp_path: its parents are 0700 root and Postfix's unprivileged
+        # daemons must reach the queue.
+        self.base = Path(tempfile.mkdtemp(prefix="mailmoat-postfix-"))
+        self.maildir = self.base / "mail" / "box"
+        self.master_pid: int | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.base / "etc"
+
+    def start(self, timeout: float = 30.0) -> None:
+        user = pwd.getpwnam("postfix")
+        gid = grp.getgrnam("postdrop").gr_gid
+        self.base.chmod(0o755)
+        for sub in ("etc", "queue", "data", "mail", "tls"):
+            (self.base / sub).mkdir(mode=0o755)
+        os.chown(self.base / "data", user.pw_uid, user.pw_gid)
+        os.chown(self.base / "mail", user.pw_uid, user.pw_gid)
+        (self.base / "tls" / "cert.pem").write_bytes(self.cert_pem)
+        key = self.base / "tls" / "key.pem"
+        key.write_bytes(self.key_pem)
+        key.chmod(0o600)
+        self.port = _free_port()
+        (self.config / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        (self.config / "main.cf").write_text(MAIN_CF.format(
+            base=self.base, uid=user.pw_uid, gid=user.pw_gid, size_limit=self.size_limit,
+        ))
+        del gid
+        env = {**os.environ, "MAIL_CONFIG": str(self.config)}
+        started = subprocess.run(
+            [self.postfix, "-c", str(self.config), "start"], check=False, env=env,
+            capture_output=True, timeout=timeout, text=True,
+        )
+        if started.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"postfix start failed: {started.stderr}{started.stdout}")
+        pid_file = self.base / "queue" / "pid" / "master.pid"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pid_file.exists() and self._greets():
+                self.master_pid = int(pid_file.read_text().split()[0])
+                return
+            time.sleep(0.1)
+        log = self.log()
+        self.stop()
+        raise RuntimeError(f"postfix did not start on port {self.port}:\n{log[-3000:]}")
+
+    def _greets(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                return sock.recv(512).startswith(b"220")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        path = self.base / "maillog"
+        return path.read_text(errors="replace") if path.exists() else "(no maillog)"
+
+    def messages(self, count: int = 1, timeout: float = 20.0) -> list[bytes]:
+        """The delivered messages (Maildir ``new/``), oldest first, once ``count`` are there."""
+        new = self.maildir / "new"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            files = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns) if new.exists() else []
+            if len(files) >= count:
+                return [f.read_bytes() for f in files]
+            time.sleep(0.1)
+        raise AssertionError(f"{count} message(s) not delivered in {timeout} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        pid = self.master_pid
+        if pid is None:
+            pid_file = self.base / "queue" / "pid" / "master.pid"
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(pid_file.read_text().split()[0])
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)  # the master stops its children
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        self.master_pid = None
+        shutil.rmtree(self.base, ignore_errors=True)
