@@ -13,8 +13,8 @@ A destination is a string (it is also the key of the queue's per-destination lim
     address (each checked to be one safe path component). Written the Maildir way: unique
     name in ``tmp/``, fsync, hard link into ``new/``, fsync of ``new/``.
 ``mx:DOMAIN``
-    the recipient domain's MX hosts (RFC 5321 §5, :func:`mailmoat.net.smtp_client.send_to_domain`),
-    STARTTLS opportunistic.
+    the recipient domain's MX hosts through :class:`mailmoat.gateway.outbound.Outbound`
+    (RFC 5321 §5 MX order, null MX; DANE, MTA-STS, REQUIRETLS, else opportunistic STARTTLS).
 
 :meth:`Downstream.deliver` never raises for a delivery failure: it returns a
 :class:`DeliveryReport` with one :class:`RecipientOutcome` per recipient, ``delivered``,
@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from mailmoat.gateway.outbound import Outbound
 from mailmoat.net.lmtp_client import LMTPError, deliver_lmtp
-from mailmoat.net.smtp_client import SendError, SendResult, send_message, send_to_domain
+from mailmoat.net.smtp_client import SendError, SendResult, send_message
 from mailmoat.resolver import Resolver
 from mailmoat.smtp.replies import Reply
 from mailmoat.spool import Envelope
@@ -196,6 +197,7 @@ class Downstream:
     cafile: Path | str | None = None
     maildir_fsync: bool = True
     timeout: float | None = None  # one bound for every wait (tests); None: protocol defaults
+    outbound: Outbound | None = None  # for "mx:" destinations (default: built from the above)
 
     async def deliver(self, *, message: bytes, envelope: Envelope, recipients: Sequence[str],
                       destination: str) -> DeliveryReport:
@@ -319,20 +321,24 @@ class Downstream:
                   destination: str) -> DeliveryReport:
         from mailmoat.net.smtp_client import Timeouts
 
-        if self.resolver is None:
-            return _all(recipients, "deferred", "no resolver configured for MX delivery")
+        outbound = self.outbound
+        if outbound is None:
+            if self.resolver is None:
+                return _all(recipients, "deferred", "no resolver configured for MX delivery")
+            timeouts = Timeouts.uniform(self.timeout) if self.timeout is not None else None
+            # built once and kept: its DANE state (and start-up warning) is per deliverer
+            self.outbound = outbound = Outbound(self.resolver, helo=self.hostname,
+                                                cafile=self.cafile, timeouts=timeouts)
         domain = destination.removeprefix("mx:")
-        timeouts = Timeouts.uniform(self.timeout) if self.timeout is not None else None
-        try:
-            result = await send_to_domain(
-                message, domain=domain, resolver=self.resolver,
-                mail_from=envelope.mail_from or None, rcpt_to=list(recipients),
-                starttls="opportunistic", helo=self.hostname, verify=False,
-                timeouts=timeouts)
-        except SendError as err:
-            return self._smtp_failure(recipients, err, "opportunistic")
-        remote = f"{result.session.host}:{result.session.port}"
-        return self._smtp_report(recipients, result, "opportunistic", remote)
+        # gateway.outbound: MX order, null MX, DANE / MTA-STS / REQUIRETLS per MX.
+        outcome = await outbound.deliver(
+            message, domain=domain, mail_from=envelope.mail_from or None,
+            rcpt_to=list(recipients), requiretls=envelope.requiretls)
+        if outcome.result is not None:
+            return self._smtp_report(recipients, outcome.result, outcome.policy,
+                                     outcome.remote or domain)
+        assert outcome.error is not None
+        return self._smtp_failure(recipients, outcome.error, outcome.policy)
 
     async def _maildir(self, message: bytes, envelope: Envelope, recipients: Sequence[str],
                        destination: str) -> DeliveryReport:

@@ -1,0 +1,732 @@
+"""Delivery to a recipient domain's mail exchangers (layer L4): MX lookup, the TLS policy of
+each MX (DANE, MTA-STS, REQUIRETLS, opportunistic STARTTLS) and the SMTP hand-off.
+
+Public API::
+
+    outbound = Outbound(resolver, mtasts=MTASTSClient(...), helo="mx.example.org")
+    await outbound.check_dnssec()          # start-up: is the resolver validating? (DANE)
+    result = await outbound.deliver(message, domain="example.net", mail_from="a@example.org",
+                                    rcpt_to=["b@example.net"], requiretls=False)
+    result.status            # "delivered" | "deferred" | "bounced"
+    result.attempts          # one Attempt per MX/address tried (or skipped), for TLS-RPT
+
+:meth:`Outbound.deliver` never raises for a delivery failure; it returns a
+:class:`DomainDelivery` whose ``status`` tells the queue what to do, ``reply`` the reply to
+put in a DSN, and ``attempts`` what each try negotiated: MX, address, TLS version and cipher,
+whether the certificate was verified, the policy applied (:class:`~mailmoat.auth.tlspolicy.
+PolicyKind`) and the RFC 8460 result type of a failure.
+
+The order of work (RFC 5321 §5.1 and the policies of :mod:`mailmoat.auth.tlspolicy`):
+
+1. MX lookup. Preference order, equal preferences shuffled (``rng``); no MX: the implicit MX
+   (the domain itself); a null MX (RFC 7505) bounces with ``556 5.1.10``; a domain that does
+   not exist bounces (``550 5.1.2``); a DNS failure defers (``451 4.4.3``) - a temperror never
+   bounces.
+2. MTA-STS policy for the domain (:class:`~mailmoat.net.mtasts.MTASTSClient`), if configured.
+3. For each MX: A then AAAA addresses (an MX that is a CNAME is followed by the resolver), the
+   TLSA RRset ``_25._tcp.<mx>`` when DANE is enabled and the host's addresses are
+   DNSSEC-secure, the plan (:func:`~mailmoat.auth.tlspolicy.plan_host`), then each address
+   in turn: connect, STARTTLS, and - before MAIL - the check of the session against the plan
+   (:func:`~mailmoat.auth.tlspolicy.check_session`: DANE match, certificate, REQUIRETLS).
+   A server that cannot be reached or fails the policy moves on to the next address/MX; a
+   reply about the message itself (MAIL/RCPT/DATA) is final.
+
+Opportunistic TLS: a failed STARTTLS handshake is retried once on the same address in
+cleartext (``cleartext_retry=True``, the default; KumoMTA's
+``opportunistic_tls_reconnect_on_failed_handshake``; Postfix ``may`` defers instead); never
+under DANE, MTA-STS enforce or REQUIRETLS.
+
+DANE needs a validating resolver whose AD bit we trust (``DNSResolver(trust_ad=True)`` in
+front of unbound). :meth:`Outbound.check_dnssec` asks for a name known to be signed; when the
+answer is not authenticated, DANE is switched off with a warning in the log - the queue keeps
+moving with MTA-STS/opportunistic TLS instead of stalling on "insecure" TLSA answers.
+
+``route`` maps (MX host, address, port) to where to connect - production: the address and
+port 25; tests: loopback receivers on ports of their own (the TLSA name keeps port 25).
+
+SECURITY: DNS answers, policy files, certificates and replies are untrusted; they are judged
+by the L2 policy code (bounded parsers) and the SMTP client engine. The number of addresses
+tried per delivery is bounded (``limits.SMTP_CLIENT_MX_TRIES``). The message is never sent
+before the session passed :func:`~mailmoat.auth.tlspolicy.check_session`: the check runs
+after STARTTLS and the second EHLO and before ``MAIL FROM``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Protocol
+
+from mailmoat import limits
+from mailmoat.auth.dane import DANEResult, LookupStatus, lookup_tlsa, match_chain
+from mailmoat.auth.mtasts import Policy
+from mailmoat.auth.tlspolicy import (
+    HostPlan,
+    PolicyKind,
+    ResultType,
+    Verdict,
+    Verification,
+    check_session,
+    classify_certificate_error,
+    is_null_mx,
+    order_mx,
+    plan_host,
+)
+from mailmoat.clock import SYSTEM_CLOCK, Clock
+from mailmoat.errors import DNSError, DNSTemporaryError, LocalProtocolError
+from mailmoat.net import smtp_client as _smtp
+from mailmoat.net.mtasts import PolicyOutcome
+from mailmoat.net.smtp_client import (
+    SendError,
+    SendResult,
+    SessionInfo,
+    StartTLSPolicy,
+    Timeouts,
+)
+from mailmoat.net.tls import client_context
+from mailmoat.resolver import MX, NoData, NXDomain, Resolver, RRType
+from mailmoat.smtp import Address, Param
+from mailmoat.smtp.client import ClientConnection
+from mailmoat.smtp.replies import Reply
+from mailmoat.store import TLSRecord
+
+__all__ = [
+    "Attempt",
+    "DomainDelivery",
+    "Gate",
+    "HopRequest",
+    "Outbound",
+    "PolicyRefused",
+    "PolicySource",
+    "SMTPTransport",
+    "Transport",
+]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["delivered", "deferred", "bounced"]
+AttemptOutcome = Literal["delivered", "failed", "skipped", "refused"]
+Route = Callable[[str, str, int], tuple[str, int]]
+
+#: A signed name asked at start-up to see whether the resolver validates (DNSSEC AD bit).
+DNSSEC_PROBE_NAME = "ietf.org"
+#: RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its code, status and CRLF;
+#: the text of the DSN reply we build stays within it.
+_REPLY_TEXT_MAX = 480
+#: Stages at which another address/MX may do better (RFC 5321 §5.1); after them the server
+#: answered about the message itself and its answer stands.
+_NEXT_HOST_STAGES = frozenset({"connect", "tls", "greeting", "ehlo", "starttls", "protocol",
+                               "dns"})
+
+
+# --- values -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One MX address tried (or an MX skipped before connecting), for logs and TLS-RPT."""
+
+    mx: str
+    address: str | None
+    port: int | None
+    policy: PolicyKind
+    verification: Verification
+    outcome: AttemptOutcome
+    tls_version: str | None = None
+    cipher: str | None = None
+    verified: bool | None = None  # PKIX-verified, or (DANE) matched a TLSA record
+    requiretls: bool = False  # the message asked for REQUIRETLS (RFC 8689)
+    failure: ResultType | None = None  # RFC 8460 §4.3 (also set when delivered in testing)
+    temporary: bool = True
+    reason: str = ""
+    reply: Reply | None = None
+
+    def tls_record(self) -> TLSRecord:
+        return TLSRecord(version=self.tls_version, cipher=self.cipher, verified=self.verified,
+                         policy=self.policy.value)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "mx": self.mx, "address": self.address, "port": self.port,
+            "policy": self.policy.value, "verification": self.verification.value,
+            "outcome": self.outcome, "tls_version": self.tls_version, "cipher": self.cipher,
+            "verified": self.verified, "requiretls": self.requiretls,
+            "failure": self.failure.value if self.failure else None,
+            "temporary": self.temporary, "reason": self.reason,
+            "reply": None if self.reply is None else
+            {"code": self.reply.code, "status": self.reply.status, "text": self.reply.text},
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainDelivery:
+    """The outcome of one delivery to a domain.
+
+    ``result`` is the server's acceptance when ``status`` is ``delivered``; otherwise
+    ``error`` is a :class:`SendError` carrying ``reply`` (what a DSN says), ``temporary`` and
+    the session of the last attempt - the shape :mod:`mailmoat.gateway.deliver` turns into
+    per-recipient outcomes."""
+
+    domain: str
+    status: Status
+    reply: Reply | None
+    reason: str
+    attempts: tuple[Attempt, ...] = ()
+    result: SendResult | None = None
+    error: SendError | None = None
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def policy(self) -> str:
+        last = self.last
+        return last.policy.value if last else PolicyKind.NONE.value
+
+    @property
+    def remote(self) -> str | None:
+        last = self.last
+        if last is None or last.address is None:
+            return None
+        return f"{last.mx}[{last.address}]:{last.port}"
+
+    def tls_record(self) -> TLSRecord:
+        last = self.last
+        return last.tls_record() if last else TLSRecord(policy=PolicyKind.NONE.value)
+
+
+# --- transport seam -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HopRequest:
+    """One SMTP session to one address."""
+
+    message: bytes
+    mail_from: str | None
+    rcpt_to: tuple[str, ...]
+    address: str
+    port: int
+    server_name: str  # SNI and the name a PKIX check matches (the MX host name)
+    starttls: StartTLSPolicy
+    verify: bool  # PKIX verification enforced in the handshake
+    requiretls: bool = False  # send MAIL FROM:<...> REQUIRETLS (RFC 8689 §4.1)
+    cafile: Path | str | None = None
+    helo: str | None = None
+    timeouts: Timeouts | None = None
+
+
+#: Called once the session is up (after STARTTLS and the second EHLO) with what was
+#: negotiated and the certificate chain the server sent (DER, leaf first); the message is
+#: sent only if the returned verdict says ``deliver``.
+Gate = Callable[[SessionInfo, tuple[bytes, ...]], Verdict]
+
+
+class PolicyRefused(SendError):
+    """The session was set up, but failed the TLS policy: nothing of the message was sent."""
+
+    def __init__(self, verdict: Verdict, session: SessionInfo) -> None:
+        super().__init__(verdict.reason, stage="tls", temporary=verdict.temporary,
+                         session=session)
+        self.verdict = verdict
+
+
+class PolicySource(Protocol):
+    """Where MTA-STS policies come from: :class:`~mailmoat.net.mtasts.MTASTSClient`."""
+
+    async def policy_for(self, domain: str) -> PolicyOutcome: ...
+
+
+class Transport(Protocol):
+    """Sends one message over one session; raises :class:`SendError` (or
+    :class:`PolicyRefused` when ``gate`` said no) when it was not sent."""
+
+    async def send(self, request: HopRequest, gate: Gate) -> SendResult: ...
+
+
+class _RequireTLSConnection(ClientConnection):
+    """The client engine, with ``REQUIRETLS`` on every ``MAIL FROM`` (RFC 8689 §4.1: a
+    message that requires TLS carries the REQUIRETLS option on MAIL FROM to the next hop).
+    The engine refuses to send it unless the server advertised REQUIRETLS."""
+
+    def mail(self, address: str | Address | None, params: Sequence[Param] = ()) -> bytes:
+        return super().mail(address, [*params, ("REQUIRETLS", None)])
+
+
+class SMTPTransport:
+    """The production :class:`Transport`: :mod:`mailmoat.net.smtp_client`'s session.
+
+    ``send_message`` has no hook between the second EHLO and MAIL, which DANE and REQUIRETLS
+    need, so this drives the same session steps (``_open``, ``_transaction``, ``_close``) with
+    the gate in between. When ``send_message`` grows such a hook (``before_mail`` / extra
+    MAIL parameters), this class shrinks to one call."""
+
+    async def send(self, request: HopRequest, gate: Gate) -> SendResult:
+        try:
+            for what, value in (("address", request.address),
+                                ("server name", request.server_name),
+                                ("HELO name", request.helo), ("sender", request.mail_from),
+                                *(("recipient", r) for r in request.rcpt_to)):
+                if value is not None:
+                    _smtp._no_controls(what, value)  # CR/LF/NUL: command injection
+            helo = request.helo if request.helo is not None else _smtp._default_helo()
+            _smtp._check_envelope(request.mail_from, list(request.rcpt_to), helo)
+        except ValueError as exc:  # an envelope no server may be sent: permanent
+            raise SendError(str(exc), stage="mail", temporary=False,
+                            session=SessionInfo(host=request.address, port=request.port,
+                                                mode="starttls")) from None
+        context = client_context(verify=request.verify, cafile=request.cafile)
+        client = _smtp._Client(host=request.address, port=request.port, mode="starttls",
+                               timeouts=request.timeouts or Timeouts())
+        if request.requiretls:
+            client.conn = _RequireTLSConnection()
+        try:
+            await _smtp._open(client, context, request.server_name, helo, request.starttls,
+                              request.cafile)
+            chain: tuple[bytes, ...] = ()
+            assert client.writer is not None
+            ssl_object = client.writer.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                chain = tuple(_smtp._peer_chain(ssl_object))
+            verdict = gate(client.session, chain)
+            if not verdict.deliver:
+                raise PolicyRefused(verdict, client.session)
+            return await _smtp._transaction(client, request.message, request.mail_from,
+                                            list(request.rcpt_to), chunking=True)
+        except LocalProtocolError as exc:
+            # Our engine refused a command the session does not allow (e.g. a parameter
+            # whose extension was not advertised): nothing more was sent to this server.
+            raise SendError(f"refused by our SMTP engine: {exc}", stage="protocol",
+                            temporary=True, session=client.session) from None
+        finally:
+            await _smtp._close(client)
+
+
+# --- the deliverer ------------------------------------------------------------------------------
+def _default_route(host: str, address: str, port: int) -> tuple[str, int]:
+    del host
+    return address, port
+
+
+def _verify_problem(session: SessionInfo) -> str | None:
+    """What a PKIX check of the certificate found, when it was not enforced (``None``: it
+    would verify, or it was verified). Reads :class:`~mailmoat.net.smtp_client.TLSDetails`."""
+    tls = session.tls
+    if tls is None or tls.verified:
+        return None
+    text = tls.verify_error or "not verified"
+    marker = "a check finds: "
+    if marker in text:
+        return text.split(marker, 1)[1]
+    if "would verify" in text:
+        return None
+    return text
+
+
+@dataclass(slots=True)
+class _Run:
+    """State of one :meth:`Outbound.deliver` call."""
+
+    domain: str
+    requiretls: bool
+    attempts: list[Attempt] = field(default_factory=list)
+    last_error: SendError | None = None
+    tried: int = 0
+
+
+class Outbound:
+    """Delivers messages to recipient domains (see the module docstring).
+
+    ``resolver`` answers MX/A/AAAA/TLSA (for DANE: a validating resolver whose AD bit is
+    trusted); ``mtasts`` fetches MTA-STS policies (``None``: MTA-STS off); ``dane`` False
+    turns DANE off; ``port`` is the SMTP port (25), ``route`` where to connect for an
+    (MX, address, port); ``rng`` shuffles equal MX preferences; ``transport`` replaces the
+    SMTP client (tests); ``opportunistic`` False never tries STARTTLS without a policy;
+    ``cleartext_retry`` False defers instead of retrying in cleartext after a failed
+    opportunistic handshake.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        mtasts: PolicySource | None = None,
+        dane: bool = True,
+        port: int = 25,
+        route: Route | None = None,
+        cafile: Path | str | None = None,
+        helo: str | None = None,
+        timeouts: Timeouts | None = None,
+        rng: random.Random | None = None,
+        transport: Transport | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        max_addresses: int = limits.SMTP_CLIENT_MX_TRIES,
+        opportunistic: bool = True,
+        cleartext_retry: bool = True,
+    ) -> None:
+        self.resolver = resolver
+        self.mtasts = mtasts
+        self.port = port
+        self.route = route or _default_route
+        self.cafile = cafile
+        self.helo = helo
+        self.timeouts = timeouts
+        self.rng = rng or random.Random()  # load spreading, not security
+        self.transport: Transport = transport or SMTPTransport()
+        self.clock = clock
+        self.max_addresses = max_addresses
+        self.opportunistic = opportunistic
+        self.cleartext_retry = cleartext_retry
+        self.dane_enabled = dane
+        self.dane_note = "DANE enabled" if dane else "DANE disabled by configuration"
+        if dane and getattr(resolver, "trust_ad", True) is False:
+            self._disable_dane("the resolver is not configured to trust the AD bit "
+                               "(DNSResolver(trust_ad=True) in front of a local validating "
+                               "resolver such as unbound)")
+
+    def _disable_dane(self, why: str) -> None:
+        self.dane_enabled = False
+        self.dane_note = f"DANE disabled: {why}"
+        log.warning("outbound: %s; TLSA records are not used, delivery continues with "
+                    "MTA-STS and opportunistic TLS (RFC 7672 §2.1)", self.dane_note)
+
+    async def check_dnssec(self, name: str = DNSSEC_PROBE_NAME,
+                           rrtype: RRType = RRType.A) -> bool:
+        """Start-up check: does the resolver return authenticated data for ``name`` (a
+        DNSSEC-signed name)? If it answers without the AD bit, DANE is disabled with a warning
+        (instead of every TLSA answer being "insecure" in silence). A failed lookup says
+        nothing and leaves DANE as it is. Returns whether DANE is enabled."""
+        if not self.dane_enabled:
+            return False
+        try:
+            answer = await self.resolver.resolve(name, rrtype)
+        except DNSError as exc:
+            log.warning("outbound: DNSSEC check of %s failed (%s); DANE stays enabled and "
+                        "unauthenticated TLSA answers are ignored", name, exc)
+            return True
+        if not answer.authenticated:
+            self._disable_dane(f"the resolver returned no authenticated data (AD bit) for the "
+                               f"signed name {name}: it does not validate DNSSEC")
+            return False
+        self.dane_note = f"DANE enabled: the resolver validates DNSSEC ({name} authenticated)"
+        log.info("outbound: %s", self.dane_note)
+        return True
+
+    # -- the delivery ---------------------------------------------------------------------
+    async def deliver(
+        self,
+        message: bytes,
+        *,
+        domain: str,
+        mail_from: str | None,
+        rcpt_to: Sequence[str],
+        requiretls: bool = False,
+    ) -> DomainDelivery:
+        """Deliver ``message`` to ``rcpt_to`` (all at ``domain``) through its MX hosts."""
+        name = domain.lower().rstrip(".")
+        run = _Run(domain=name, requiretls=requiretls)
+        try:
+            answer = await self.resolver.resolve(name, RRType.MX)
+        except NoData:
+            # RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated as
+            # if it was associated with an implicit MX RR, with a preference of 0, pointing to
+            # that host."
+            hosts: tuple[str, ...] = (name,)
+            mx_secure = False  # decided by the address answer below
+            implicit = True
+        except NXDomain:
+            return self._final(run, "bounced", 550, "5.1.2",
+                               f"{name}: no such domain (NXDOMAIN)", stage="dns")
+        except DNSTemporaryError as exc:
+            # A temperror is never a bounce: the queue retries.
+            return self._final(run, "deferred", 451, "4.4.3",
+                               f"{name}: DNS failure looking up MX: {exc}", stage="dns")
+        except DNSError as exc:
+            return self._final(run, "deferred", 451, "4.4.3",
+                               f"{name}: unusable MX answer: {exc}", stage="dns")
+        else:
+            records = [r for r in answer.records if isinstance(r, MX)]
+            if is_null_mx(records):
+                # RFC 7505 §4.1: do not attempt delivery; §4.2 / RFC 3463 (RFC 7505 §5):
+                # "556 5.1.10 Recipient address has null MX".
+                return self._final(run, "bounced", 556, "5.1.10",
+                                   f"{name} accepts no mail (null MX, RFC 7505)", stage="dns")
+            hosts = order_mx(records, self.rng)
+            mx_secure = answer.authenticated
+            implicit = False
+            if not hosts:
+                return self._final(run, "deferred", 451, "4.4.3",
+                                   f"{name}: MX answer lists no usable host", stage="dns")
+        policy = await self._sts_policy(name)
+        saw_address = False
+        for host in hosts:
+            if run.tried >= self.max_addresses:
+                break
+            addresses, secure, dns_error, canonical = await self._addresses(host)
+            if dns_error is not None:
+                run.attempts.append(Attempt(
+                    mx=host, address=None, port=None, policy=PolicyKind.NONE,
+                    verification=Verification.NONE, outcome="skipped", temporary=True,
+                    reason=dns_error))
+                continue
+            if not addresses:
+                run.attempts.append(Attempt(
+                    mx=host, address=None, port=None, policy=PolicyKind.NONE,
+                    verification=Verification.NONE, outcome="skipped", temporary=not implicit,
+                    reason=f"{host} has no A or AAAA record"))
+                continue
+            saw_address = True
+            # RFC 8689 §4.1 wants an authenticated MX; for the implicit MX, its address.
+            authenticated_mx = secure if implicit else mx_secure
+            plan = await self._plan(host, secure, authenticated_mx, policy, requiretls,
+                                    canonical)
+            if plan.skip:
+                run.attempts.append(Attempt(
+                    mx=host, address=None, port=None, policy=plan.policy,
+                    verification=plan.verification, outcome="skipped", failure=plan.failure,
+                    temporary=plan.temporary, reason=plan.reason))
+                log.info("outbound %s: %s skipped: %s", name, host, plan.reason)
+                continue
+            for address in addresses:
+                if run.tried >= self.max_addresses:
+                    break
+                run.tried += 1
+                done = await self._try_address(run, plan, address, message, mail_from,
+                                               tuple(rcpt_to))
+                if done is not None:
+                    return done
+        if implicit and not saw_address and all(not a.temporary for a in run.attempts):
+            return self._final(run, "bounced", 550, "5.1.2",
+                               f"{name} has no MX and no address record", stage="dns")
+        return self._give_up(run)
+
+    async def _sts_policy(self, domain: str) -> Policy | None:
+        if self.mtasts is None:
+            return None
+        try:
+            outcome = await self.mtasts.policy_for(domain)
+        except Exception as exc:  # a broken fetcher must not stop delivery: no policy
+            log.warning("outbound %s: MTA-STS policy lookup failed: %s", domain, exc)
+            return None
+        return outcome.policy
+
+    async def _addresses(self, host: str) -> tuple[list[str], bool, str | None, str]:
+        """A then AAAA addresses of ``host`` (RFC 5321 §5.1), whether every answer was
+        DNSSEC-authenticated, the DNS failure when none could be found, and the name CNAMEs
+        led to (``host`` without CNAME)."""
+        found: list[str] = []
+        secure = True
+        temporary: str | None = None
+        canonical = host
+        for rrtype in (RRType.A, RRType.AAAA):
+            try:
+                answer = await self.resolver.resolve(host, rrtype)
+            except (NXDomain, NoData):
+                continue
+            except DNSError as exc:
+                temporary = f"{host}: DNS failure looking up {rrtype}: {exc}"
+                continue
+            secure = secure and answer.authenticated
+            if canonical == host:
+                canonical = answer.canonical_name.lower().rstrip(".")
+            found += [str(r) for r in answer.records
+                      if isinstance(r, ipaddress.IPv4Address | ipaddress.IPv6Address)]
+        if not found and temporary is not None:
+            return [], False, temporary, host
+        return list(dict.fromkeys(found)), secure and bool(found), None, canonical
+
+    async def _plan(  # noqa: PLR0917
+        self, host: str, secure: bool, mx_secure: bool, policy: Policy | None,
+        requiretls: bool, canonical: str,
+    ) -> HostPlan:
+        """``secure``: the host's address records (and CNAMEs) are DNSSEC-secure, the
+        condition for looking up its TLSA records (RFC 7672 §2.2.2)."""
+        tlsa = None
+        base = host
+        if self.dane_enabled and secure:
+            # RFC 7672 §2.2.2: for an MX host that is a (secure) CNAME, the TLSA records are
+            # looked up at the expanded name first, then at the original name; the name
+            # they were found at is the TLSA base domain (SNI and a reference identifier).
+            if canonical != host:
+                tlsa = await lookup_tlsa(self.resolver, canonical, self.port)
+                base = canonical
+            if tlsa is None or tlsa.status is LookupStatus.NONE:
+                tlsa = await lookup_tlsa(self.resolver, host, self.port)
+                base = host
+        plan = plan_host(host, mx_secure=mx_secure, dane=tlsa, sts=policy,
+                         requiretls=requiretls, opportunistic=self.opportunistic)
+        if plan.verification is Verification.DANE and base != host:
+            plan = replace(plan, tlsa_base=base)
+        return plan
+
+    def _gate(self, plan: HostPlan) -> Gate:
+        def gate(session: SessionInfo, chain: tuple[bytes, ...]) -> Verdict:
+            dane: DANEResult | None = None
+            if plan.verification is Verification.DANE and session.tls is not None:
+                now = datetime.datetime.fromtimestamp(self.clock.now(), datetime.UTC)
+                dane = match_chain(plan.tlsa, chain, hostname=plan.mx,
+                                   base_domain=plan.tlsa_base, now=now)
+            tls = session.tls
+            return check_session(
+                plan, tls=tls is not None, verified=bool(tls and tls.verified),
+                verify_problem=_verify_problem(session), dane=dane,
+                capabilities=session.capabilities)
+        return gate
+
+    async def _try_address(  # noqa: PLR0917
+        self, run: _Run, plan: HostPlan, address: str, message: bytes,
+        mail_from: str | None, rcpt_to: tuple[str, ...],
+    ) -> DomainDelivery | None:
+        """One address (and, for opportunistic TLS, its cleartext retry). Returns the final
+        outcome, or ``None`` to go on with the next address/MX."""
+        connect_address, connect_port = self.route(plan.mx, address, self.port)
+        starttls: StartTLSPolicy = (
+            "require" if plan.tls_required
+            else "none" if plan.policy is PolicyKind.NONE else "opportunistic")
+        request = HopRequest(
+            message=message, mail_from=mail_from, rcpt_to=rcpt_to, address=connect_address,
+            port=connect_port, server_name=plan.tlsa_base or plan.mx, starttls=starttls,
+            verify=plan.verification is Verification.WEBPKI, requiretls=plan.requiretls,
+            cafile=self.cafile, helo=self.helo, timeouts=self.timeouts)
+        outcome = await self._hop(run, plan, request, address)
+        if outcome is not None or not (plan.plaintext_fallback and self.cleartext_retry):
+            return outcome
+        last = run.attempts[-1]
+        if (starttls == "opportunistic" and last.outcome == "failed"
+                and last.tls_version is None and last.reason.startswith("tls:")):
+            # RFC 7435: the handshake failed; the same host once more, in cleartext.
+            cleartext = replace(plan, policy=PolicyKind.NONE, judge_webpki=False,
+                                reason=f"cleartext after a failed TLS handshake with {plan.mx}")
+            return await self._hop(run, cleartext, replace(request, starttls="none"), address)
+        return None
+
+    async def _hop(self, run: _Run, plan: HostPlan, request: HopRequest,
+                   address: str) -> DomainDelivery | None:
+        base = Attempt(mx=plan.mx, address=address, port=request.port, policy=plan.policy,
+                       verification=plan.verification, outcome="failed",
+                       requiretls=plan.requiretls)
+        try:
+            result = await self.transport.send(request, self._gate(plan))
+        except PolicyRefused as err:
+            run.last_error = err
+            self._record(run, _with_session(base, err.session, plan), outcome="refused",
+                         failure=err.verdict.failure, temporary=err.verdict.temporary,
+                         reason=err.verdict.reason)
+            return None
+        except SendError as err:
+            run.last_error = err
+            failure = _failure_of(err, plan)
+            attempt = _with_session(base, err.session, plan)
+            if err.stage in _NEXT_HOST_STAGES:
+                self._record(run, attempt, failure=failure, temporary=True,
+                             reason=f"{err.stage}: {err}", reply=err.reply)
+                return None
+            # The server answered about the message: its answer stands (RFC 5321 §5.1).
+            self._record(run, attempt, failure=None, temporary=err.temporary,
+                         reason=f"{err.stage}: {err}", reply=err.reply)
+            status: Status = "deferred" if err.temporary else "bounced"
+            return DomainDelivery(domain=run.domain, status=status, reply=err.reply,
+                                  reason=str(err), attempts=tuple(run.attempts), error=err)
+        verdict_report = _testing_report(plan, result.session)
+        attempt = _with_session(base, result.session, plan)
+        if plan.verification is Verification.DANE:
+            attempt = replace(attempt, verified=True)  # the gate matched a TLSA record
+        self._record(run, attempt, outcome="delivered", failure=verdict_report,
+                     temporary=False, reason=plan.reason, reply=result.final_reply)
+        return DomainDelivery(domain=run.domain, status="delivered", reply=result.final_reply,
+                              reason=f"delivered to {plan.mx} ({plan.policy.value})",
+                              attempts=tuple(run.attempts), result=result)
+
+    def _record(self, run: _Run, attempt: Attempt, *, outcome: AttemptOutcome = "failed",
+                failure: ResultType | None, temporary: bool, reason: str,
+                reply: Reply | None = None) -> None:
+        done = replace(attempt, outcome=outcome, failure=failure, temporary=temporary,
+                       reason=reason, reply=reply)
+        run.attempts.append(done)
+        log.info("outbound %s: mx=%s address=%s port=%s policy=%s tls=%s cipher=%s "
+                 "verified=%s outcome=%s failure=%s reason=%s", run.domain, done.mx,
+                 done.address, done.port, done.policy.value, done.tls_version, done.cipher,
+                 done.verified, done.outcome, done.failure.value if done.failure else None,
+                 done.reason)
+
+    def _final(self, run: _Run, status: Status, code: int, enhanced: str, text: str, *,
+               stage: Literal["dns", "tls"]) -> DomainDelivery:
+        reply = Reply(code=code, status=enhanced, text=_reply_text(text))
+        session = run.last_error.session if run.last_error else SessionInfo(
+            host=run.domain, port=self.port, mode="starttls")
+        error = SendError(text, stage=stage, temporary=status == "deferred", session=session,
+                          reply=reply)
+        log.info("outbound %s: %s: %s %s %s", run.domain, status, code, enhanced, text)
+        return DomainDelivery(domain=run.domain, status=status, reply=reply, reason=text,
+                              attempts=tuple(run.attempts), error=error)
+
+    def _give_up(self, run: _Run) -> DomainDelivery:
+        """No MX took the message. Permanent only when every host failed for a permanent
+        reason (RFC 8689: no next hop offers REQUIRETLS); anything else is retried."""
+        attempts = run.attempts
+        if attempts and all(not a.temporary for a in attempts):
+            if run.requiretls:
+                # RFC 8689 registers 5.7.30 "REQUIRETLS support required" (non-delivery).
+                return self._final(run, "bounced", 550, "5.7.30",
+                                   "REQUIRETLS support required: " + attempts[-1].reason,
+                                   stage="tls")
+            return self._final(run, "bounced", 550, "5.4.4",
+                               attempts[-1].reason or f"{run.domain}: no usable MX",
+                               stage="dns")
+        if not attempts:
+            return self._final(run, "deferred", 451, "4.4.4",
+                               f"{run.domain}: no MX host could be tried", stage="dns")
+        last = attempts[-1]
+        tls_failure = any(a.failure is not None for a in attempts)
+        # RFC 3463: X.7.5 cryptographic failure (a TLS policy said no), X.4.1 no answer.
+        enhanced = "4.7.5" if tls_failure else "4.4.1"
+        reasons = "; ".join(dict.fromkeys(
+            f"{a.mx}{'[' + a.address + ']' if a.address else ''}: {a.reason}"
+            for a in attempts))
+        return self._final(run, "deferred", 451, enhanced, reasons or last.reason,
+                           stage="tls" if tls_failure else "dns")
+
+
+def _reply_text(text: str) -> str:
+    """Reply text is printable US-ASCII (RFC 5321 §4.2 textstring); DNS names, server
+    replies and our own "§" are folded into it, bounded in length."""
+    text = text.replace("§", "section ")
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:_REPLY_TEXT_MAX])
+
+
+def _with_session(attempt: Attempt, session: SessionInfo, plan: HostPlan) -> Attempt:
+    tls = session.tls
+    if tls is None:
+        return attempt
+    verified = tls.verified
+    if plan.verification is Verification.DANE:
+        verified = False  # set True by a delivered attempt (the gate matched)
+    return replace(attempt, tls_version=tls.version, cipher=tls.cipher, verified=verified)
+
+
+def _testing_report(plan: HostPlan, session: SessionInfo) -> ResultType | None:
+    """The failure a delivered attempt still reports (MTA-STS testing, unusable TLSA)."""
+    if plan.report is not None:
+        return plan.report
+    if plan.judge_webpki:
+        if session.tls is None:
+            return ResultType.STARTTLS_NOT_SUPPORTED
+        problem = _verify_problem(session)
+        if problem is not None:
+            return classify_certificate_error(problem)
+    return None
+
+
+def _failure_of(err: SendError, plan: HostPlan) -> ResultType | None:
+    """The RFC 8460 result type of a transport failure, when it is a TLS one."""
+    text = str(err)
+    if err.stage == "starttls" and "STARTTLS" in text:
+        return ResultType.STARTTLS_NOT_SUPPORTED
+    if err.stage == "tls":
+        if "certificate verification failed" in text:
+            return classify_certificate_error(text)
+        return ResultType.VALIDATION_FAILURE
+    del plan
+    return None
