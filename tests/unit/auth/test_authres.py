@@ -385,3 +385,15 @@ def test_result_accessors() -> None:
     assert [r.prop("header.d") for r in parsed.all("dkim")] == ["a.example", "b.example"]
     assert parsed.first("dmarc") is None
     assert parsed.results[2].prop("smtp.helo") is None
+
+
+def test_free_text_is_ascii_so_other_parsers_accept_it() -> None:
+    # A DKIM reason quoting "RFC 8301 §3.1" once went out as UTF-8 inside a quoted-string of a
+    # non-SMTPUTF8 message; the authres package (and RFC 2045 §5.1) refuse that.
+    field = format_authentication_results("mx.test", [AuthResResult(
+        method="dkim", result="policy", reason="rsa-sha1 is not accepted (RFC 8301 §3.1)",
+        comment="d\u00e9j\u00e0 (vu)")], fold=False)
+    field.encode("ascii")  # raises if anything non-ASCII is left
+    assert 'reason="rsa-sha1 is not accepted (RFC 8301 section 3.1)"' in field
+    parsed = authres.AuthenticationResultsHeader.parse(field)
+    assert [r.result for r in parsed.results] == ["policy"]

@@ -50,10 +50,18 @@ _ADDRESS: Final = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*\.?"
 )
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+#: Free text (reasons, comments) is US-ASCII: a quoted-string or comment of a field in a
+#: message that is not internationalised may not carry UTF-8 (RFC 5322 §3.2.4, RFC 2045 §5.1;
+#: RFC 6532 only for SMTPUTF8 mail). Parsers such as the ``authres`` package refuse it.
+_NOT_PRINTABLE_ASCII: Final = re.compile(r"[^\x20-\x7e]")
 
 
 def _clean(text: str) -> str:
     return _CONTROL.sub("?", text)
+
+
+def _ascii_text(text: str) -> str:
+    return _NOT_PRINTABLE_ASCII.sub("?", text.replace("\u00a7", "section "))
 
 
 def quote_value(text: str) -> str:
@@ -73,7 +81,7 @@ def quote_pvalue(text: str) -> str:
 
 
 def _comment(text: str) -> str:
-    text = _clean(text).replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    text = _ascii_text(text).replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
     return f"({text})"
 
 
@@ -84,7 +92,7 @@ def format_resinfo(result: AuthResResult) -> list[str]:
     if result.comment:
         parts.append(_comment(result.comment))
     if result.reason is not None:
-        parts.append(f"reason={quote_value(result.reason)}")
+        parts.append(f"reason={quote_value(_ascii_text(result.reason))}")
     parts.extend(f"{p.ptype}.{p.name}={quote_pvalue(p.value)}" for p in result.properties)
     return parts
 
