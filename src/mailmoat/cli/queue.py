@@ -20,7 +20,7 @@ from mailmoat.cli._store_options import locate_store, store_options
 from mailmoat.clock import SYSTEM_CLOCK
 from mailmoat.errors import SpoolError, StoreError
 from mailmoat.spool import Spool
-from mailmoat.store import STATES, Attempt, Delivery, Store, open_store
+from mailmoat.store import STATES, Attempt, Delivery, Store, TLSRecord, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -69,9 +69,20 @@ def _record(d: Delivery) -> dict[str, Any]:
         "lease_until": _iso(d.lease_until), "owner": d.owner, "last_error": d.last_error,
         "last_reply": None if d.last_reply_code is None else {
             "code": d.last_reply_code, "text": d.last_reply_text},
-        "tls": None if d.tls is None else {
-            "version": d.tls.version, "cipher": d.tls.cipher, "verified": d.tls.verified,
-            "policy": d.tls.policy},
+        "tls": _tls(d.tls),
+    }
+
+
+def _tls(tls: TLSRecord | None) -> dict[str, Any] | None:
+    """The TLS of an attempt, with its RFC 8460 detail (policy type, MX, receiving IP, result
+    type of a failure, whether it counts as a successful TLS session)."""
+    if tls is None:
+        return None
+    return {
+        "version": tls.version, "cipher": tls.cipher, "verified": tls.verified,
+        "policy": tls.policy, "policy_type": tls.policy_type, "mx_host": tls.mx_host,
+        "receiving_ip": tls.receiving_ip, "result_type": tls.result_type,
+        "success": tls.success,
     }
 
 
@@ -83,9 +94,7 @@ def _attempt(a: Attempt) -> dict[str, Any]:
         "reply": None if r.reply_code is None else {
             "code": r.reply_code, "status": r.reply_status, "text": r.reply_text},
         "error": r.error, "remote": r.remote,
-        "tls": None if r.tls is None else {
-            "version": r.tls.version, "cipher": r.tls.cipher, "verified": r.tls.verified,
-            "policy": r.tls.policy},
+        "tls": _tls(r.tls),
     }
 
 
@@ -146,6 +155,17 @@ def show(*, config: Path | None, data_dir: Path | None, store_url: str | None, a
         click.echo(f"attempt {a['attempt']}: {a['outcome']} at {a['finished_at']} "
                    f"via {_printable(a['remote'])}: "
                    f"{_printable(a['error'] or (a['reply'] or {}).get('text'))}")
+        tls = a["tls"]
+        if tls is not None and (tls["version"] or tls["policy_type"] or tls["result_type"]):
+            verdict = ("-" if tls["success"] is None
+                       else "ok" if tls["success"] else "FAILED")
+            click.echo(f"{'':10}tls {_printable(tls['version'] or 'none')} "
+                       f"{_printable(tls['cipher'] or '')} policy="
+                       f"{_printable(tls['policy'])}/{_printable(tls['policy_type'])} "
+                       f"mx={_printable(tls['mx_host'])}[{_printable(tls['receiving_ip'])}] "
+                       f"tls-rpt={verdict}"
+                       + (f" result={_printable(tls['result_type'])}"
+                          if tls["result_type"] else ""))
 
 
 @queue.command()

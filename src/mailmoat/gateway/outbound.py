@@ -57,6 +57,7 @@ import datetime
 import ipaddress
 import logging
 import random
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,7 +65,7 @@ from typing import Literal, Protocol
 
 from mailmoat import limits
 from mailmoat.auth.dane import DANEResult, LookupStatus, lookup_tlsa, match_chain
-from mailmoat.auth.mtasts import Policy
+from mailmoat.auth.mtasts import Mode, Policy
 from mailmoat.auth.tlspolicy import (
     HostPlan,
     PolicyKind,
@@ -79,21 +80,20 @@ from mailmoat.auth.tlspolicy import (
 )
 from mailmoat.clock import SYSTEM_CLOCK, Clock
 from mailmoat.errors import DNSError, DNSTemporaryError, LocalProtocolError
-from mailmoat.net import smtp_client as _smtp
 from mailmoat.net.mtasts import PolicyOutcome
 from mailmoat.net.smtp_client import (
+    BeforeMail,
     SendError,
     SendResult,
     SessionInfo,
     StartTLSPolicy,
     Timeouts,
+    check_envelope,
+    send_message,
 )
-from mailmoat.net.tls import client_context
-from mailmoat.resolver import MX, NoData, NXDomain, Resolver, RRType
-from mailmoat.smtp import Address, Param
-from mailmoat.smtp.client import ClientConnection
+from mailmoat.resolver import MX, TLSA, NoData, NXDomain, Resolver, RRType
 from mailmoat.smtp.replies import Reply
-from mailmoat.store import TLSRecord
+from mailmoat.store import TLSPolicyType, TLSRecord, TLSSession
 
 __all__ = [
     "Attempt",
@@ -143,10 +143,52 @@ class Attempt:
     temporary: bool = True
     reason: str = ""
     reply: Reply | None = None
+    # RFC 8460 §4.4: the policy as an SMTP TLS report names it.
+    policy_type: TLSPolicyType = "no-policy-found"
+    policy_string: tuple[str, ...] = ()  # the MTA-STS policy lines / the TLSA records
+    mx_patterns: tuple[str, ...] = ()  # the MTA-STS policy's mx patterns
+    gate_passed: bool = False  # the session passed the policy check before MAIL FROM
+
+    def tls_outcome(self) -> tuple[ResultType | None, bool | None]:
+        """The RFC 8460 view of this attempt: (result type, success). A failure (also one
+        reported while delivering: MTA-STS testing, unusable TLSA) is unsuccessful; a
+        session that passed the policy check with TLS is successful, one that passed in
+        cleartext because the server offered no STARTTLS is ``starttls-not-supported``;
+        anything else (connection trouble, TLS not attempted) has no TLS outcome (None).
+        mailmoat's own ``requiretls-*`` types are not RFC 8460 result types and never
+        appear here."""
+        if self.failure is ResultType.REQUIRETLS_NOT_SUPPORTED:
+            # RFC 8689, not a TLS failure: the check reached it only after TLS (and the
+            # certificate, where required) passed. Reported to the sender (DSN), not here.
+            return None, True if self.tls_version is not None else None
+        if self.failure is ResultType.REQUIRETLS_MX_UNAUTHENTICATED:
+            return None, None  # not connected: nothing negotiated
+        if self.failure is not None:
+            return self.failure, False
+        if not self.gate_passed:
+            return None, None
+        if self.tls_version is not None:
+            return None, True
+        if self.policy is PolicyKind.NONE:  # TLS not attempted: configuration, cleartext retry
+            return None, None
+        return ResultType.STARTTLS_NOT_SUPPORTED, False
+
+    def tls_session(self, *, id: str, domain: str) -> TLSSession:
+        """This attempt as one session of an SMTP TLS report (``domain``: the recipient
+        domain, the report's policy domain)."""
+        result, success = self.tls_outcome()
+        return TLSSession(
+            id=id, policy_type=self.policy_type, policy_domain=domain,
+            policy_string=self.policy_string, mx_patterns=self.mx_patterns, mx_host=self.mx,
+            receiving_ip=self.address, result_type=result.value if result else None,
+            success=success, reason=self.reason if success is False else None)
 
     def tls_record(self) -> TLSRecord:
+        result, success = self.tls_outcome()
         return TLSRecord(version=self.tls_version, cipher=self.cipher, verified=self.verified,
-                         policy=self.policy.value)
+                         policy=self.policy.value, policy_type=self.policy_type,
+                         mx_host=self.mx, receiving_ip=self.address,
+                         result_type=result.value if result else None, success=success)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -158,6 +200,8 @@ class Attempt:
             "temporary": self.temporary, "reason": self.reason,
             "reply": None if self.reply is None else
             {"code": self.reply.code, "status": self.reply.status, "text": self.reply.text},
+            "policy_type": self.policy_type, "policy_string": list(self.policy_string),
+            "mx_patterns": list(self.mx_patterns), "gate_passed": self.gate_passed,
         }
 
 
@@ -177,6 +221,9 @@ class DomainDelivery:
     attempts: tuple[Attempt, ...] = ()
     result: SendResult | None = None
     error: SendError | None = None
+    #: Names this delivery's sessions in the TLS-RPT log (each kept once however many
+    #: recipient rows record them).
+    id: str = field(default_factory=lambda: secrets.token_hex(12))
 
     @property
     def last(self) -> Attempt | None:
@@ -195,8 +242,13 @@ class DomainDelivery:
         return f"{last.mx}[{last.address}]:{last.port}"
 
     def tls_record(self) -> TLSRecord:
+        """For the store: the last attempt's TLS, and every attempt as a TLS-RPT session
+        (RFC 8460 §4.4; :meth:`mailmoat.store.Store.tls_attempts`)."""
         last = self.last
-        return last.tls_record() if last else TLSRecord(policy=PolicyKind.NONE.value)
+        record = last.tls_record() if last else TLSRecord(policy=PolicyKind.NONE.value)
+        sessions = tuple(a.tls_session(id=f"{self.id}-{i}", domain=self.domain)
+                         for i, a in enumerate(self.attempts))
+        return replace(record, sessions=sessions)
 
 
 # --- transport seam -----------------------------------------------------------------------------
@@ -246,62 +298,43 @@ class Transport(Protocol):
     async def send(self, request: HopRequest, gate: Gate) -> SendResult: ...
 
 
-class _RequireTLSConnection(ClientConnection):
-    """The client engine, with ``REQUIRETLS`` on every ``MAIL FROM`` (RFC 8689 §4.1: a
-    message that requires TLS carries the REQUIRETLS option on MAIL FROM to the next hop).
-    The engine refuses to send it unless the server advertised REQUIRETLS."""
-
-    def mail(self, address: str | Address | None, params: Sequence[Param] = ()) -> bytes:
-        return super().mail(address, [*params, ("REQUIRETLS", None)])
-
-
 class SMTPTransport:
-    """The production :class:`Transport`: :mod:`mailmoat.net.smtp_client`'s session.
-
-    ``send_message`` has no hook between the second EHLO and MAIL, which DANE and REQUIRETLS
-    need, so this drives the same session steps (``_open``, ``_transaction``, ``_close``) with
-    the gate in between. When ``send_message`` grows such a hook (``before_mail`` / extra
-    MAIL parameters), this class shrinks to one call."""
+    """The production :class:`Transport`: :func:`mailmoat.net.smtp_client.send_message` with
+    the gate as its ``before_mail`` hook (after STARTTLS and the second EHLO, before ``MAIL
+    FROM``) and, for a REQUIRETLS message, ``REQUIRETLS`` on ``MAIL FROM`` (RFC 8689 §4.1: a
+    message that requires TLS carries the option to the next hop; the engine refuses to send
+    it unless the server advertised REQUIRETLS)."""
 
     async def send(self, request: HopRequest, gate: Gate) -> SendResult:
+        mail_params: tuple[tuple[str, str | None], ...] = (
+            (("REQUIRETLS", None),) if request.requiretls else ())
+        session = SessionInfo(host=request.address, port=request.port, mode="starttls")
         try:
-            for what, value in (("address", request.address),
-                                ("server name", request.server_name),
-                                ("HELO name", request.helo), ("sender", request.mail_from),
-                                *(("recipient", r) for r in request.rcpt_to)):
-                if value is not None:
-                    _smtp._no_controls(what, value)  # CR/LF/NUL: command injection
-            helo = request.helo if request.helo is not None else _smtp._default_helo()
-            _smtp._check_envelope(request.mail_from, list(request.rcpt_to), helo)
+            helo = check_envelope(request.mail_from, request.rcpt_to, helo=request.helo,
+                                  host=request.address, server_name=request.server_name,
+                                  mail_params=mail_params)
         except ValueError as exc:  # an envelope no server may be sent: permanent
-            raise SendError(str(exc), stage="mail", temporary=False,
-                            session=SessionInfo(host=request.address, port=request.port,
-                                                mode="starttls")) from None
-        context = client_context(verify=request.verify, cafile=request.cafile)
-        client = _smtp._Client(host=request.address, port=request.port, mode="starttls",
-                               timeouts=request.timeouts or Timeouts())
-        if request.requiretls:
-            client.conn = _RequireTLSConnection()
-        try:
-            await _smtp._open(client, context, request.server_name, helo, request.starttls,
-                              request.cafile)
-            chain: tuple[bytes, ...] = ()
-            assert client.writer is not None
-            ssl_object = client.writer.get_extra_info("ssl_object")
-            if ssl_object is not None:
-                chain = tuple(_smtp._peer_chain(ssl_object))
-            verdict = gate(client.session, chain)
+            raise SendError(str(exc), stage="mail", temporary=False, session=session) from None
+
+        def before_mail(info: BeforeMail) -> None:
+            nonlocal session
+            session = info.session  # for an error of our engine at MAIL (below)
+            verdict = gate(info.session, info.peer_chain)
             if not verdict.deliver:
-                raise PolicyRefused(verdict, client.session)
-            return await _smtp._transaction(client, request.message, request.mail_from,
-                                            list(request.rcpt_to), chunking=True)
+                raise PolicyRefused(verdict, info.session)
+
+        try:
+            return await send_message(
+                request.message, mail_from=request.mail_from, rcpt_to=list(request.rcpt_to),
+                host=request.address, port=request.port, mode="starttls",
+                starttls=request.starttls, helo=helo, verify=request.verify,
+                cafile=request.cafile, server_name=request.server_name, chunking=True,
+                timeouts=request.timeouts, mail_params=mail_params, before_mail=before_mail)
         except LocalProtocolError as exc:
             # Our engine refused a command the session does not allow (e.g. a parameter
             # whose extension was not advertised): nothing more was sent to this server.
             raise SendError(f"refused by our SMTP engine: {exc}", stage="protocol",
-                            temporary=True, session=client.session) from None
-        finally:
-            await _smtp._close(client)
+                            temporary=True, session=session) from None
 
 
 # --- the deliverer ------------------------------------------------------------------------------
@@ -334,6 +367,22 @@ class _Run:
     attempts: list[Attempt] = field(default_factory=list)
     last_error: SendError | None = None
     tried: int = 0
+    sts: Policy | None = None  # the MTA-STS policy in force for the domain
+
+    def report_policy(self, plan: HostPlan | None) -> Attempt:
+        """An attempt template carrying the policy as TLS-RPT names it (RFC 8460 §4.4):
+        ``tlsa`` when DANE governed the host, ``sts`` when an MTA-STS policy (enforce or
+        testing) is in force for the domain, else ``no-policy-found``."""
+        blank = Attempt(mx="", address=None, port=None, policy=PolicyKind.NONE,
+                        verification=Verification.NONE, outcome="skipped")
+        if plan is not None and plan.policy is PolicyKind.DANE:
+            return replace(blank, policy_type="tlsa",
+                           policy_string=tuple(_tlsa_text(r) for r in plan.tlsa))
+        if self.sts is not None and self.sts.mode is not Mode.NONE:
+            return replace(blank, policy_type="sts",
+                           policy_string=tuple(self.sts.as_text().splitlines()),
+                           mx_patterns=self.sts.mx)
+        return blank
 
 
 class Outbound:
@@ -460,20 +509,23 @@ class Outbound:
                 return self._final(run, "deferred", 451, "4.4.3",
                                    f"{name}: MX answer lists no usable host", stage="dns")
         policy = await self._sts_policy(name)
+        run.sts = policy
         saw_address = False
         for host in hosts:
             if run.tried >= self.max_addresses:
                 break
             addresses, secure, dns_error, canonical = await self._addresses(host)
             if dns_error is not None:
-                run.attempts.append(Attempt(
-                    mx=host, address=None, port=None, policy=PolicyKind.NONE,
+                run.attempts.append(replace(
+                    run.report_policy(None), mx=host, address=None, port=None,
+                    policy=PolicyKind.NONE,
                     verification=Verification.NONE, outcome="skipped", temporary=True,
                     reason=dns_error))
                 continue
             if not addresses:
-                run.attempts.append(Attempt(
-                    mx=host, address=None, port=None, policy=PolicyKind.NONE,
+                run.attempts.append(replace(
+                    run.report_policy(None), mx=host, address=None, port=None,
+                    policy=PolicyKind.NONE,
                     verification=Verification.NONE, outcome="skipped", temporary=not implicit,
                     reason=f"{host} has no A or AAAA record"))
                 continue
@@ -483,8 +535,8 @@ class Outbound:
             plan = await self._plan(host, secure, authenticated_mx, policy, requiretls,
                                     canonical)
             if plan.skip:
-                run.attempts.append(Attempt(
-                    mx=host, address=None, port=None, policy=plan.policy,
+                run.attempts.append(replace(
+                    run.report_policy(plan), mx=host, address=None, port=None, policy=plan.policy,
                     verification=plan.verification, outcome="skipped", failure=plan.failure,
                     temporary=plan.temporary, reason=plan.reason))
                 log.info("outbound %s: %s skipped: %s", name, host, plan.reason)
@@ -604,7 +656,8 @@ class Outbound:
 
     async def _hop(self, run: _Run, plan: HostPlan, request: HopRequest,
                    address: str) -> DomainDelivery | None:
-        base = Attempt(mx=plan.mx, address=address, port=request.port, policy=plan.policy,
+        base = replace(run.report_policy(plan), mx=plan.mx, address=address,
+                       port=request.port, policy=plan.policy,
                        verification=plan.verification, outcome="failed",
                        requiretls=plan.requiretls)
         try:
@@ -624,13 +677,15 @@ class Outbound:
                              reason=f"{err.stage}: {err}", reply=err.reply)
                 return None
             # The server answered about the message: its answer stands (RFC 5321 §5.1).
-            self._record(run, attempt, failure=None, temporary=err.temporary,
-                         reason=f"{err.stage}: {err}", reply=err.reply)
+            # The session had passed the policy check (the gate runs before MAIL FROM).
+            self._record(run, replace(attempt, gate_passed=True), failure=None,
+                         temporary=err.temporary, reason=f"{err.stage}: {err}",
+                         reply=err.reply)
             status: Status = "deferred" if err.temporary else "bounced"
             return DomainDelivery(domain=run.domain, status=status, reply=err.reply,
                                   reason=str(err), attempts=tuple(run.attempts), error=err)
         verdict_report = _testing_report(plan, result.session)
-        attempt = _with_session(base, result.session, plan)
+        attempt = replace(_with_session(base, result.session, plan), gate_passed=True)
         if plan.verification is Verification.DANE:
             attempt = replace(attempt, verified=True)  # the gate matched a TLSA record
         self._record(run, attempt, outcome="delivered", failure=verdict_report,
@@ -687,6 +742,11 @@ class Outbound:
             for a in attempts))
         return self._final(run, "deferred", 451, enhanced, reasons or last.reason,
                            stage="tls" if tls_failure else "dns")
+
+
+def _tlsa_text(record: TLSA) -> str:
+    """A TLSA record in presentation form (RFC 6698 §2.2), as RFC 8460 §4.4 policy-string."""
+    return f"{record.usage} {record.selector} {record.mtype} {record.data.hex()}"
 
 
 def _reply_text(text: str) -> str:

@@ -7,6 +7,11 @@ Public API::
     result = send_message_sync(...)            # the same, from synchronous code
     session = await probe("mx.example.net")    # EHLO/STARTTLS/certificate, no mail sent
 
+    def gate(info: BeforeMail) -> None:        # after the last EHLO, before MAIL FROM
+        if info.session.tls is None:
+            raise info.abort("TLS is required")
+    await send_message(..., before_mail=gate, mail_params=[("REQUIRETLS", None)])
+
 :func:`send_message` returns a frozen :class:`SendResult` once the server accepted the message
 for at least one recipient: the reply per recipient, the final reply, the queue id when the
 server's text names one, and what the transport negotiated (:class:`SessionInfo`,
@@ -25,6 +30,16 @@ What the engine (:class:`mailmoat.smtp.client.ClientConnection`) does not do, th
 does: sockets, TLS, timeouts (RFC 5321 §4.5.3.2, client side; :class:`Timeouts`), choosing
 extensions (PIPELINING, CHUNKING, SIZE, 8BITMIME, SMTPUTF8), the EHLO-then-HELO fallback
 (RFC 5321 §3.2) and the AUTH dialogue (PLAIN, LOGIN; only over TLS unless explicitly allowed).
+
+The ``before_mail`` hook of :func:`send_message` is where a policy judges the session before
+anything of the transaction is sent (DANE / MTA-STS / REQUIRETLS in
+:mod:`mailmoat.gateway.outbound`): it gets a :class:`BeforeMail` - the session so far (EHLO
+keywords in force, :class:`TLSDetails`) and the certificate chain the server sent - once the
+session is up (after STARTTLS and the EHLO that follows it, after AUTH) and before ``MAIL
+FROM``. Raising :class:`SendError` (``info.abort(reason)``) ends the session with QUIT and
+propagates; nothing of the message was sent. ``mail_params`` adds ``MAIL FROM`` parameters
+(e.g. ``REQUIRETLS``, RFC 8689 §4.1); the engine refuses one whose extension the server did not
+advertise (:class:`~mailmoat.errors.LocalProtocolError`).
 
 SECURITY
     Trusts the caller's arguments only after checking them: CR, LF or NUL in an address, a
@@ -52,7 +67,7 @@ import socket
 import ssl
 import warnings
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -70,7 +85,7 @@ from mailmoat.errors import (
     MailmoatError,
     RemoteProtocolError,
 )
-from mailmoat.net.tls import client_context, describe
+from mailmoat.net.tls import client_context, describe, peer_chain
 from mailmoat.resolver import MX, NoData, NXDomain, Resolver, RRType
 from mailmoat.smtp.client import (
     AuthChallenge,
@@ -84,6 +99,8 @@ from mailmoat.smtp.client import (
 from mailmoat.smtp.replies import Reply
 
 __all__ = [
+    "BeforeMail",
+    "BeforeMailHook",
     "Mode",
     "RecipientReply",
     "SendError",
@@ -93,6 +110,7 @@ __all__ = [
     "TLSDetails",
     "Timeouts",
     "check_certificate",
+    "check_envelope",
     "default_port",
     "find_queue_id",
     "mx_hosts",
@@ -319,6 +337,32 @@ class SendError(MailmoatError):
         }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BeforeMail:
+    """What a ``before_mail`` hook of :func:`send_message` sees: the session once it is up
+    (after STARTTLS and the EHLO that follows it, after AUTH), before ``MAIL FROM``.
+
+    ``session.capabilities`` are the EHLO keywords in force and ``session.tls`` what TLS
+    negotiated (``None``: cleartext); ``peer_chain`` the certificates the server sent (DER,
+    leaf first, at most ``limits.TLS_PEER_CHAIN_MAX``; ``()`` without TLS), verified or not -
+    the input of a DANE match (RFC 7672 §3).
+    """
+
+    session: SessionInfo
+    peer_chain: tuple[bytes, ...] = ()
+
+    def abort(self, reason: str, *, temporary: bool = True, stage: Stage = "tls") -> SendError:
+        """The error to raise to stop before ``MAIL FROM`` (``stage`` ``"tls"``: a TLS
+        policy said no; ``temporary`` False for a failure no later try can fix)."""
+        return SendError(reason, stage=stage, temporary=temporary, session=self.session)
+
+
+#: ``send_message(before_mail=...)``: called with a :class:`BeforeMail`; returns ``None`` (or
+#: an awaitable of it) to go on, raises :class:`SendError` to stop (nothing of the message is
+#: sent; the session ends with QUIT).
+BeforeMailHook = Callable[[BeforeMail], Awaitable[None] | None]
+
+
 # --- queue id -----------------------------------------------------------------------------------
 # The text of the final 250 is free-form (RFC 5321 §4.2); these are the forms of the common
 # MTAs. The engine strips the enhanced status code when ENHANCEDSTATUSCODES is in effect;
@@ -345,26 +389,6 @@ def find_queue_id(reply: Reply) -> str | None:
 
 
 # --- certificates -----------------------------------------------------------------------------
-def _peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> list[bytes]:
-    """DER certificates the server sent, leaf first. ``get_unverified_chain`` is public from
-    Python 3.13 and a method of the private ``_sslobj`` on 3.10-3.12; without it, the leaf."""
-    getter = getattr(ssl_object, "get_unverified_chain", None)
-    if getter is None:
-        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
-    chain: list[bytes] = []
-    if getter is not None:
-        with contextlib.suppress(Exception):  # private API: never let it break a send
-            for cert in getter() or ():
-                # 3.13 returns DER bytes; the private 3.10-3.12 method _ssl.Certificate
-                # objects, whose public_bytes(2) is DER (_ssl.ENCODING_DER).
-                chain.append(cert if isinstance(cert, bytes) else cert.public_bytes(2))
-    if not chain:
-        leaf = ssl_object.getpeercert(binary_form=True)
-        if leaf:
-            chain = [leaf]
-    return chain
-
-
 def _trust_store(cafile: Path | str | None) -> verification.Store:
     path = cafile or ssl.get_default_verify_paths().cafile
     if not path:
@@ -474,7 +498,7 @@ def tls_details(
     info = describe(ssl_object)
     context = ssl_object.context
     verified = context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    chain = _peer_chain(ssl_object)
+    chain = peer_chain(ssl_object)
     subject = issuer = None
     san: tuple[str, ...] = ()
     not_before = not_after = None
@@ -550,6 +574,36 @@ def _check_envelope(mail_from: str | None, rcpt_to: Sequence[str], helo: str) ->
             scratch.rcpt(rcpt)
         except LocalProtocolError as exc:
             raise ValueError(f"recipient {rcpt!r}: {exc}") from None
+
+
+def check_envelope(
+    mail_from: str | None,
+    rcpt_to: Sequence[str],
+    *,
+    helo: str | None = None,
+    host: str | None = None,
+    server_name: str | None = None,
+    mail_params: Sequence[tuple[str, str | None]] = (),
+) -> str:
+    """The checks :func:`send_message` makes before connecting, for callers that must tell a
+    bad envelope (a permanent failure) from a failed session: CR, LF or NUL in any value (SMTP
+    command injection), the RFC 5321/6531 grammar of the addresses and the HELO name, the
+    number of recipients. Raises :class:`ValueError`; returns the HELO name to use (``helo``,
+    else this host's name when it is a valid one, else ``localhost``)."""
+    if not rcpt_to:
+        raise ValueError("at least one recipient is needed")
+    if len(rcpt_to) > limits.SMTP_MAX_RECIPIENTS:
+        raise ValueError(f"more than {limits.SMTP_MAX_RECIPIENTS} recipients")
+    for what, value in (
+        ("host", host), ("server_name", server_name), ("helo", helo), ("sender", mail_from),
+        *(("recipient", r) for r in rcpt_to),
+        *(("MAIL parameter", f"{k}={v or ''}") for k, v in mail_params),
+    ):
+        if value is not None:
+            _no_controls(what, value)
+    helo_name = helo if helo is not None else _default_helo()
+    _check_envelope(mail_from, rcpt_to, helo_name)
+    return helo_name
 
 
 def _default_helo() -> str:
@@ -826,6 +880,7 @@ async def _transaction(
     rcpt_to: Sequence[str],
     *,
     chunking: bool,
+    mail_params: Sequence[tuple[str, str | None]] = (),
 ) -> SendResult:
     conn = client.conn
     timeouts = client.timeouts
@@ -854,6 +909,7 @@ async def _transaction(
                 "does not offer it (RFC 6531)", temporary=False, stage="smtputf8",
             )
         params.append(("SMTPUTF8", None))
+    params.extend(mail_params)
     bdat = chunking and "CHUNKING" in caps
     pipelining = conn.pipelining
 
@@ -982,6 +1038,8 @@ async def send_message(
     ssl_context: ssl.SSLContext | None = None,
     chunking: bool = True,
     timeouts: Timeouts | None = None,
+    mail_params: Sequence[tuple[str, str | None]] = (),
+    before_mail: BeforeMailHook | None = None,
 ) -> SendResult:
     """Send ``message`` (RFC 5322 octets; bare LF/CR are sent as CRLF) to ``host``.
 
@@ -992,10 +1050,14 @@ async def send_message(
     ``host``, also sent as SNI); ``ssl_context`` replaces the whole TLS policy. ``username``/
     ``password`` authenticate with AUTH PLAIN or LOGIN (``auth_mechanism``), over TLS only
     unless ``allow_plaintext_auth``. ``chunking`` uses BDAT when the server offers CHUNKING.
+    ``mail_params`` are added to ``MAIL FROM`` (e.g. ``[("REQUIRETLS", None)]``); the engine
+    raises :class:`~mailmoat.errors.LocalProtocolError` when the server did not advertise a
+    parameter's extension. ``before_mail`` judges the session before ``MAIL FROM`` (see
+    :class:`BeforeMail`); the :class:`SendError` it raises propagates after QUIT.
 
     Returns a :class:`SendResult` when the server accepted the message; raises
     :class:`SendError` when it was not sent, :class:`ValueError` for bad arguments (before
-    connecting).
+    connecting, :func:`check_envelope`).
     """
     if not isinstance(message, bytes | bytearray | memoryview):
         raise TypeError("message must be bytes")
@@ -1007,25 +1069,17 @@ async def send_message(
             f"starttls must be 'require', 'opportunistic' or 'none', not {starttls!r}"
         )
     recipients = [rcpt_to] if isinstance(rcpt_to, str) else list(rcpt_to)
-    if not recipients:
-        raise ValueError("at least one recipient is needed")
-    if len(recipients) > limits.SMTP_MAX_RECIPIENTS:
-        raise ValueError(f"more than {limits.SMTP_MAX_RECIPIENTS} recipients")
     if (username is None) != (password is None):
         raise ValueError("username and password go together")
     if auth_mechanism not in (None, "PLAIN", "LOGIN"):
         raise ValueError("auth_mechanism must be PLAIN or LOGIN")
-    for what, value in (
-        ("host", host), ("server_name", server_name), ("username", username),
-        ("password", password), ("helo", helo), ("sender", mail_from),
-        *(("recipient", r) for r in recipients),
-    ):
+    for what, value in (("username", username), ("password", password)):
         if value is not None:
             _no_controls(what, value)
+    helo_name = check_envelope(mail_from, recipients, helo=helo, host=host,
+                               server_name=server_name, mail_params=mail_params)
     if not host:
         raise ValueError("host is empty")
-    helo_name = helo if helo is not None else _default_helo()
-    _check_envelope(mail_from, recipients, helo_name)
     if port is None:
         port = default_port(mode, authenticated=username is not None)
     if not 0 < port < 65536:
@@ -1039,9 +1093,21 @@ async def send_message(
         await _open(client, context, sni, helo_name, starttls, cafile)
         if username is not None and password is not None:
             await _auth(client, username, password, auth_mechanism, allow_plaintext_auth)
-        return await _transaction(client, message, mail_from, recipients, chunking=chunking)
+        if before_mail is not None:
+            await _before_mail(client, before_mail)
+        return await _transaction(client, message, mail_from, recipients, chunking=chunking,
+                                  mail_params=mail_params)
     finally:
         await _close(client)
+
+
+async def _before_mail(client: _Client, hook: BeforeMailHook) -> None:
+    assert client.writer is not None
+    ssl_object = client.writer.get_extra_info("ssl_object")
+    chain = tuple(peer_chain(ssl_object)) if ssl_object is not None else ()
+    outcome = hook(BeforeMail(session=client.session, peer_chain=chain))
+    if outcome is not None:
+        await outcome
 
 
 async def _open(  # noqa: PLR0917

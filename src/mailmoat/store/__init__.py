@@ -21,8 +21,16 @@ Tables (schema version in ``schema_version``; migrations are append-only, see ``
     the lease of the worker holding it, the last error and reply, and the TLS of the last
     attempt.
 ``attempts``
-    every attempt: outcome, reply, error, remote, TLS version / cipher / verified / policy
-    (the input of TLS-RPT, RFC 8460).
+    every attempt: outcome, reply, error, remote, TLS version / cipher / verified / policy,
+    and the RFC 8460 detail of its last session (policy type, MX host, receiving IP, result
+    type, success).
+``tls_sessions``
+    every SMTP session to an MX address (each once, however many recipient rows it served):
+    the input of SMTP TLS reports (RFC 8460 §4.4), summed by :meth:`Store.tls_attempts` per
+    policy applied with failure details.
+
+:meth:`Store.intake` queues delivery rows and records verdicts in one transaction (the
+gateway group-commits the messages it accepted together: one fsync for many).
 
 Claims (:meth:`Store.claim`) are atomic (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``FOR UPDATE
 SKIP LOCKED`` plus a per-destination advisory lock), honour a per-destination limit of rows
@@ -61,7 +69,11 @@ from mailmoat.store._types import (
     Outcome,
     OverrideReason,
     Store,
+    TLSFailure,
+    TLSPolicySummary,
+    TLSPolicyType,
     TLSRecord,
+    TLSSession,
     Verdict,
 )
 
@@ -81,7 +93,11 @@ __all__ = [
     "PostgresStore",
     "SQLiteStore",
     "Store",
+    "TLSFailure",
+    "TLSPolicySummary",
+    "TLSPolicyType",
     "TLSRecord",
+    "TLSSession",
     "Verdict",
     "open_store",
     "verdict_from_authentication",

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from mailmoat import limits
@@ -30,6 +30,7 @@ from mailmoat.store._types import (
     Delivery,
     DeliveryState,
     NewDelivery,
+    TLSPolicySummary,
     Verdict,
 )
 
@@ -172,6 +173,28 @@ class PostgresStore:
                 ids.append(int(row[0]))
         return ids
 
+    async def intake(self, items: Sequence[NewDelivery], verdicts: Sequence[Verdict], *,
+                     now: float) -> list[int]:
+        ids: list[int] = []
+        # One transaction; executemany pipelines the statements (one round trip per batch
+        # rather than one per row).
+        async with self._tx() as conn, conn.cursor() as cur:
+            if verdicts:
+                await cur.executemany(_q(S.INSERT_VERDICT),
+                                      [S.verdict_params(v) for v in verdicts])
+            if items:
+                await cur.executemany(
+                    _q(S.INSERT_DELIVERY),
+                    [(i.spool_id, i.recipient, i.destination, now, now, now) for i in items],
+                    returning=True)
+                while True:
+                    row = await cur.fetchone()
+                    assert row is not None
+                    ids.append(int(row[0]))
+                    if not cur.nextset():
+                        break
+        return ids
+
     async def claim(self, *, now: float, owner: str, lease: float, limit: int,
                     per_destination: int) -> list[Delivery]:
         async with self._tx() as conn:
@@ -208,6 +231,13 @@ class PostgresStore:
     async def finish(self, delivery_id: int, owner: str, result: AttemptResult) -> bool:
         async with self._tx() as conn:
             await conn.execute(_q(S.INSERT_ATTEMPT), S.attempt_params(result, delivery_id))
+            if result.tls is not None and result.tls.sessions:
+                cur = await conn.execute("SELECT spool_id FROM deliveries WHERE id = %s",
+                                         (delivery_id,))
+                row = await cur.fetchone()
+                async with conn.cursor() as sessions:
+                    await sessions.executemany(_q(S.INSERT_TLS_SESSION), S.tls_session_rows(
+                        result, None if row is None else row[0]))
             cur = await conn.execute(_q(S.FINISH), S.finish_params(
                 result, result.finished_at, delivery_id, owner, result.finished_at))
             return cur.rowcount == 1
@@ -252,3 +282,14 @@ class PostgresStore:
             cur = await conn.execute(_q(S.UNFINISHED), (spool_id,))
             row = await cur.fetchone()
             return int(row[0]) if row else 0
+
+    # --- TLS reporting ----------------------------------------------------------------------
+    async def tls_attempts(self, domain: str, begin: float,
+                           end: float) -> list[TLSPolicySummary]:
+        params = S.tls_params(domain, begin, end)
+        async with self._tx() as conn:
+            cur = await conn.execute(_q(S.TLS_SUMMARY), params)
+            summary = await cur.fetchall()
+            cur = await conn.execute(_q(S.TLS_FAILURES), params)
+            failures = await cur.fetchall()
+        return S.tls_summaries(domain, summary, failures)

@@ -20,6 +20,8 @@ from mailmoat.store._types import (
     DeliveryState,
     DkimRecord,
     OverrideReason,
+    TLSFailure,
+    TLSPolicySummary,
     TLSRecord,
     Verdict,
 )
@@ -88,6 +90,26 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         )""",
         "CREATE INDEX attempts_delivery ON attempts (delivery_id)",
         "CREATE INDEX attempts_time ON attempts (destination, finished_at)",
+    )),
+    (2, (
+        # RFC 8460 detail of the last session of an attempt (and of a delivery's last
+        # attempt): policy-type, receiving-mx-hostname, receiving-ip, result-type, success.
+        *(f"ALTER TABLE {table} ADD COLUMN {column}"
+          for table in ("deliveries", "attempts")
+          for column in ("tls_policy_type TEXT", "tls_mx_host TEXT", "tls_receiving_ip TEXT",
+                         "tls_result_type TEXT", "tls_success {bool}")),
+        # (d) every SMTP session to an MX address, once (id), for SMTP TLS reports.
+        """CREATE TABLE tls_sessions (
+            id TEXT PRIMARY KEY,
+            at {float} NOT NULL,
+            spool_id TEXT,
+            policy_type TEXT NOT NULL,
+            policy_domain TEXT NOT NULL,
+            policy_string TEXT NOT NULL,
+            mx_patterns TEXT NOT NULL,
+            mx_host TEXT, receiving_ip TEXT, result_type TEXT, success {bool}, reason TEXT
+        )""",
+        "CREATE INDEX tls_sessions_report ON tls_sessions (policy_domain, at)",
     )),
 )
 LATEST = MIGRATIONS[-1][0]
@@ -210,7 +232,7 @@ GROUP BY 1 ORDER BY seen DESC, selector LIMIT %s
 def selectors_seen_params(domain: str, since: float | None, limit: int) -> tuple[Any, ...]:
     """The query's parameters: the domain ASCII-lower-cased without its root dot (as the SQL
     folds the stored one), no lower time bound for ``since=None``."""
-    name = domain.rstrip(".").translate(_ASCII_LOWER)
+    name = domain_key(domain)
     return (float("-inf") if since is None else since, name, max(0, limit))
 
 
@@ -231,6 +253,7 @@ DELIVERY_COLUMNS = (
     "id", "spool_id", "recipient", "destination", "state", "attempts", "created_at",
     "next_attempt_at", "lease_until", "owner", "last_error", "last_reply_code",
     "last_reply_text", "tls_version", "tls_cipher", "tls_verified", "tls_policy", "updated_at",
+    "tls_policy_type", "tls_mx_host", "tls_receiving_ip", "tls_result_type", "tls_success",
 )
 SELECT_DELIVERY = f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM deliveries"  # noqa: S608 (constant SQL fragments)
 INSERT_DELIVERY = (
@@ -254,20 +277,23 @@ CLAIM_ONE = (
 FINISH = (
     "UPDATE deliveries SET state = ?, owner = NULL, lease_until = NULL, next_attempt_at = ?, "
     "last_error = ?, last_reply_code = ?, last_reply_text = ?, tls_version = ?, "
-    "tls_cipher = ?, tls_verified = ?, tls_policy = ?, updated_at = ? "
+    "tls_cipher = ?, tls_verified = ?, tls_policy = ?, tls_policy_type = ?, tls_mx_host = ?, "
+    "tls_receiving_ip = ?, tls_result_type = ?, tls_success = ?, updated_at = ? "
     "WHERE id = ? AND state = 'in-flight' AND owner = ?"
 )
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_id, spool_id, recipient, destination, attempt, outcome, "
     "started_at, finished_at, next_attempt_at, reply_code, reply_status, reply_text, error, "
-    "remote, tls_version, tls_cipher, tls_verified, tls_policy) "
+    "remote, tls_version, tls_cipher, tls_verified, tls_policy, tls_policy_type, tls_mx_host, "
+    "tls_receiving_ip, tls_result_type, tls_success) "
     "SELECT id, spool_id, recipient, destination, attempts, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-    "?, ? FROM deliveries WHERE id = ?"
+    "?, ?, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?"
 )
 ATTEMPT_COLUMNS = (
     "delivery_id", "spool_id", "recipient", "destination", "attempt", "outcome", "started_at",
     "finished_at", "next_attempt_at", "reply_code", "reply_status", "reply_text", "error",
-    "remote", "tls_version", "tls_cipher", "tls_verified", "tls_policy",
+    "remote", "tls_version", "tls_cipher", "tls_verified", "tls_policy", "tls_policy_type",
+    "tls_mx_host", "tls_receiving_ip", "tls_result_type", "tls_success",
 )
 SELECT_ATTEMPTS = (
     f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE delivery_id = ? ORDER BY id"  # noqa: S608 (constant SQL fragments)
@@ -287,13 +313,18 @@ UNFINISHED = (
 )
 
 
+def _tls_params(tls: TLSRecord) -> tuple[Any, ...]:
+    return (tls.version, tls.cipher, tls.verified, tls.policy, tls.policy_type, tls.mx_host,
+            tls.receiving_ip, tls.result_type, tls.success)
+
+
 def finish_params(result: AttemptResult, now: float, delivery_id: int, owner: str,
                   next_default: float) -> tuple[Any, ...]:
     tls = result.tls or TLSRecord()
     next_at = result.next_attempt_at if result.next_attempt_at is not None else next_default
     return (
         result.outcome, next_at, result.error, result.reply_code, result.reply_text,
-        tls.version, tls.cipher, tls.verified, tls.policy, now, delivery_id, owner,
+        *_tls_params(tls), now, delivery_id, owner,
     )
 
 
@@ -302,15 +333,20 @@ def attempt_params(result: AttemptResult, delivery_id: int) -> tuple[Any, ...]:
     return (
         result.outcome, result.started_at, result.finished_at, result.next_attempt_at,
         result.reply_code, result.reply_status, result.reply_text, result.error, result.remote,
-        tls.version, tls.cipher, tls.verified, tls.policy, delivery_id,
+        *_tls_params(tls), delivery_id,
     )
 
 
-def _tls(version: Any, cipher: Any, verified: Any, policy: Any) -> TLSRecord | None:
-    if version is None and cipher is None and verified is None and policy is None:
+def _tls(d: dict[str, Any]) -> TLSRecord | None:
+    values = {name: d["tls_" + name] for name in (
+        "version", "cipher", "verified", "policy", "policy_type", "mx_host", "receiving_ip",
+        "result_type", "success")}
+    if all(v is None for v in values.values()):
         return None
-    return TLSRecord(version=version, cipher=cipher,
-                     verified=None if verified is None else bool(verified), policy=policy)
+    for flag in ("verified", "success"):
+        if values[flag] is not None:
+            values[flag] = bool(values[flag])
+    return TLSRecord(**values)
 
 
 def delivery_from_row(row: Sequence[Any]) -> Delivery:
@@ -323,8 +359,7 @@ def delivery_from_row(row: Sequence[Any]) -> Delivery:
         lease_until=None if d["lease_until"] is None else float(d["lease_until"]),
         owner=d["owner"], last_error=d["last_error"], last_reply_code=d["last_reply_code"],
         last_reply_text=d["last_reply_text"],
-        tls=_tls(d["tls_version"], d["tls_cipher"], d["tls_verified"], d["tls_policy"]),
-        updated_at=float(d["updated_at"]),
+        tls=_tls(d), updated_at=float(d["updated_at"]),
     )
 
 
@@ -338,9 +373,79 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
             finished_at=float(d["finished_at"]), next_attempt_at=d["next_attempt_at"],
             reply_code=d["reply_code"], reply_status=d["reply_status"],
             reply_text=d["reply_text"], error=d["error"], remote=d["remote"],
-            tls=_tls(d["tls_version"], d["tls_cipher"], d["tls_verified"], d["tls_policy"]),
+            tls=_tls(d),
         ),
     )
+
+
+# --- TLS sessions (RFC 8460) ------------------------------------------------------------------
+#: Octets of a session's reason kept (``failure-reason-code``): a report groups by it, and the
+#: text quotes the server, so it is bounded.
+TLS_REASON_MAX = 300
+INSERT_TLS_SESSION = (
+    "INSERT INTO tls_sessions (id, at, spool_id, policy_type, policy_domain, policy_string, "
+    "mx_patterns, mx_host, receiving_ip, result_type, success, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def domain_key(domain: str) -> str:
+    """A domain as stored and compared: ASCII lower case, no root dot (RFC 4343)."""
+    return domain.rstrip(".").translate(_ASCII_LOWER)
+
+
+def tls_session_rows(result: AttemptResult, spool_id: str | None) -> list[tuple[Any, ...]]:
+    """The ``tls_sessions`` rows of an attempt (its TLSRecord's sessions), at its end time."""
+    if result.tls is None:
+        return []
+    return [
+        (s.id, result.finished_at, spool_id, s.policy_type, domain_key(s.policy_domain),
+         _canonical(list(s.policy_string)), _canonical(list(s.mx_patterns)), s.mx_host,
+         s.receiving_ip, s.result_type, s.success,
+         None if s.reason is None else s.reason[:TLS_REASON_MAX])
+        for s in result.tls.sessions
+    ]
+
+
+_TLS_WHERE = "policy_domain = ? AND at >= ? AND at < ? AND success IS NOT NULL"
+TLS_SUMMARY = (
+    "SELECT policy_type, policy_string, mx_patterns, "  # noqa: S608 (constant SQL fragments)
+    "SUM(CASE WHEN success THEN 1 ELSE 0 END), SUM(CASE WHEN success THEN 0 ELSE 1 END) "
+    f"FROM tls_sessions WHERE {_TLS_WHERE} GROUP BY policy_type, policy_string, mx_patterns"
+)
+TLS_FAILURES = (
+    "SELECT policy_type, policy_string, mx_patterns, result_type, mx_host, "  # noqa: S608 (constant SQL fragments)
+    "receiving_ip, reason, COUNT(*) "
+    f"FROM tls_sessions WHERE {_TLS_WHERE} AND NOT success "
+    "GROUP BY policy_type, policy_string, mx_patterns, result_type, mx_host, receiving_ip, "
+    "reason"
+)
+
+
+def tls_params(domain: str, begin: float, end: float) -> tuple[Any, ...]:
+    return (domain_key(domain), begin, end)
+
+
+def tls_summaries(domain: str, summary: Sequence[Sequence[Any]],
+                  failures: Sequence[Sequence[Any]]) -> list[TLSPolicySummary]:
+    """Both queries' rows as report entries, in a backend-independent order (policy type and
+    text; failures by count, most first, then their fields)."""
+    by_policy: dict[tuple[str, str, str], list[TLSFailure]] = {}
+    for ptype, pstring, patterns, result_type, mx, ip, reason, n in failures:
+        by_policy.setdefault((ptype, pstring, patterns), []).append(TLSFailure(
+            result_type=result_type or "validation-failure", mx_host=mx, receiving_ip=ip,
+            reason=reason, count=int(n)))
+    out = []
+    for ptype, pstring, patterns, ok, failed in summary:
+        found = by_policy.get((ptype, pstring, patterns), [])
+        found.sort(key=lambda f: (-f.count, f.result_type, f.mx_host or "",
+                                  f.receiving_ip or "", f.reason or ""))
+        out.append(TLSPolicySummary(
+            policy_type=ptype, policy_domain=domain_key(domain),
+            policy_string=tuple(json.loads(pstring)), mx_patterns=tuple(json.loads(patterns)),
+            successful=int(ok), failed=int(failed), failures=tuple(found)))
+    out.sort(key=lambda p: (p.policy_type, p.policy_string, p.mx_patterns))
+    return out
 
 
 def list_query(states: tuple[DeliveryState, ...] | None, spool_id: str | None,

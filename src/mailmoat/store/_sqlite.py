@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +27,7 @@ from mailmoat.store._types import (
     Delivery,
     DeliveryState,
     NewDelivery,
+    TLSPolicySummary,
     Verdict,
 )
 
@@ -162,6 +163,23 @@ class SQLiteStore:
             return self._write(conn, body)
         return await self._call(run)
 
+    async def intake(self, items: Sequence[NewDelivery], verdicts: Sequence[Verdict], *,
+                     now: float) -> list[int]:
+        verdict_rows = [S.verdict_params(v) for v in verdicts]
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            def body() -> list[int]:
+                if verdict_rows:
+                    conn.executemany(S.INSERT_VERDICT, verdict_rows)
+                return [
+                    int(conn.execute(S.INSERT_DELIVERY, (
+                        i.spool_id, i.recipient, i.destination, now, now, now,
+                    )).fetchone()[0])
+                    for i in items
+                ]
+            return self._write(conn, body)
+        return await self._call(run)
+
     async def claim(self, *, now: float, owner: str, lease: float, limit: int,
                     per_destination: int) -> list[Delivery]:
         def run(conn: sqlite3.Connection) -> list[Delivery]:
@@ -193,6 +211,11 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> bool:
             def body() -> bool:
                 conn.execute(S.INSERT_ATTEMPT, S.attempt_params(result, delivery_id))
+                if result.tls is not None and result.tls.sessions:
+                    row = conn.execute("SELECT spool_id FROM deliveries WHERE id = ?",
+                                       (delivery_id,)).fetchone()
+                    conn.executemany(S.INSERT_TLS_SESSION, S.tls_session_rows(
+                        result, None if row is None else row[0]))
                 cursor = conn.execute(S.FINISH, S.finish_params(
                     result, result.finished_at, delivery_id, owner, result.finished_at))
                 # rowcount 0: our lease ran out and the row was claimed again (or deleted):
@@ -243,4 +266,15 @@ class SQLiteStore:
     async def unfinished(self, spool_id: str) -> int:
         def run(conn: sqlite3.Connection) -> int:
             return int(conn.execute(S.UNFINISHED, (spool_id,)).fetchone()[0])
+        return await self._call(run)
+
+    # --- TLS reporting ----------------------------------------------------------------------
+    async def tls_attempts(self, domain: str, begin: float,
+                           end: float) -> list[TLSPolicySummary]:
+        params = S.tls_params(domain, begin, end)
+
+        def run(conn: sqlite3.Connection) -> list[TLSPolicySummary]:
+            summary = conn.execute(S.TLS_SUMMARY, params).fetchall()
+            failures = conn.execute(S.TLS_FAILURES, params).fetchall()
+            return S.tls_summaries(domain, summary, failures)
         return await self._call(run)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from mailmoat import limits
@@ -89,14 +90,81 @@ class AggregateRow:
     spf_result: str | None
 
 
+#: RFC 8460 §4.4 ``policy-type``.
+TLSPolicyType = Literal["sts", "tlsa", "no-policy-found"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSSession:
+    """One SMTP session to one MX address (or an MX host skipped before connecting), as an
+    SMTP TLS report counts it (RFC 8460 §4.4).
+
+    ``id`` is unique per session: a delivery to several recipients records the same sessions
+    with each recipient's row, and the store keeps each session once. ``success`` True: TLS
+    was negotiated and satisfied the policy (``total-successful-session-count``); False: a
+    failure of ``result_type`` (RFC 8460 §4.3; also MTA-STS ``testing`` failures, delivered
+    anyway); None: the session says nothing about TLS (connection refused, DNS trouble, TLS
+    not attempted by configuration) and is not counted.
+    """
+
+    id: str
+    policy_type: TLSPolicyType
+    policy_domain: str  # the recipient domain (the Policy Domain of MTA-STS)
+    policy_string: tuple[str, ...] = ()  # the MTA-STS policy lines / the TLSA records
+    mx_patterns: tuple[str, ...] = ()  # ``mx-host``: the MTA-STS policy's mx patterns
+    mx_host: str | None = None  # ``receiving-mx-hostname``
+    receiving_ip: str | None = None  # ``receiving-ip``
+    result_type: str | None = None  # RFC 8460 §4.3 (``ResultType`` value)
+    success: bool | None = None
+    reason: str | None = None  # ``failure-reason-code``: what went wrong, in words
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TLSRecord:
-    """What one delivery attempt negotiated (kept for TLS-RPT, RFC 8460)."""
+    """What one delivery attempt negotiated (kept for TLS-RPT, RFC 8460).
+
+    The first fields describe the attempt's last session (the one that delivered, or the
+    last one tried); ``sessions`` lists every session the attempt made (to each MX/address,
+    including the last), each written once to the TLS-RPT log (:meth:`Store.tls_attempts`).
+    ``sessions`` is not read back with a delivery or attempt (it is ``()`` there) and takes
+    no part in comparisons.
+    """
 
     version: str | None = None  # None: no TLS
     cipher: str | None = None
     verified: bool | None = None
-    policy: str | None = None  # e.g. "opportunistic", "mta-sts", "dane", "none"
+    policy: str | None = None  # e.g. "opportunistic", "mta-sts-enforce", "dane", "none"
+    policy_type: TLSPolicyType | None = None  # RFC 8460 §4.4 policy-type
+    mx_host: str | None = None  # receiving-mx-hostname
+    receiving_ip: str | None = None  # receiving-ip
+    result_type: str | None = None  # RFC 8460 §4.3 result type of a failure
+    success: bool | None = None  # see TLSSession.success
+    sessions: tuple[TLSSession, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSFailure:
+    """One ``failure-details`` entry of an SMTP TLS report (RFC 8460 §4.4)."""
+
+    result_type: str
+    mx_host: str | None  # receiving-mx-hostname
+    receiving_ip: str | None
+    reason: str | None  # failure-reason-code
+    count: int  # failed-session-count
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSPolicySummary:
+    """One ``policies`` entry of an SMTP TLS report (RFC 8460 §4.4): the policy applied, its
+    session counts (``summary``) and the failures grouped as ``failure-details``."""
+
+    policy_type: TLSPolicyType
+    policy_domain: str
+    policy_string: tuple[str, ...]
+    mx_patterns: tuple[str, ...]
+    successful: int  # total-successful-session-count
+    failed: int  # total-failure-session-count
+    failures: tuple[TLSFailure, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +252,14 @@ class Store(Protocol):
     # delivery queue
     async def enqueue(self, items: list[NewDelivery], *, now: float) -> list[int]: ...
 
+    async def intake(
+        self, items: Sequence[NewDelivery], verdicts: Sequence[Verdict], *, now: float
+    ) -> list[int]:
+        """Queue ``items`` and record ``verdicts`` in ONE transaction (all or nothing): the
+        group commit of messages accepted together. Returns the delivery ids in ``items``
+        order; verdicts replace earlier rows of the same spool id, as :meth:`record_verdict`."""
+        ...
+
     async def claim(
         self,
         *,
@@ -212,3 +288,13 @@ class Store(Protocol):
     async def delete(self, delivery_id: int) -> bool: ...
 
     async def unfinished(self, spool_id: str) -> int: ...
+
+    # TLS reporting
+    async def tls_attempts(
+        self, domain: str, begin: float, end: float
+    ) -> list[TLSPolicySummary]:
+        """The sessions to ``domain``'s MX hosts in ``[begin, end)`` (RFC 8460 §4.4): per
+        policy applied, the successful and failed session counts and the failures grouped by
+        (result type, MX host, receiving IP, reason). Sessions with no TLS outcome
+        (``TLSSession.success`` None) are left out."""
+        ...

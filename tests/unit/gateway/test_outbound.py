@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -769,3 +770,117 @@ async def test_cleartext_retry_can_be_turned_off() -> None:
     result = await _send(outbound)
     assert result.status == "deferred"
     assert [r.starttls for r in transport.requests] == ["opportunistic", "opportunistic"]
+
+
+# --- TLS-RPT detail of each session (RFC 8460 §4.3, §4.4) ----------------------------------------
+async def test_sts_sessions_carry_policy_mx_and_result_types() -> None:
+    """mx1 fails MTA-STS enforce (name mismatch: certificate-host-mismatch, §4.3.1), mx2
+    delivers: two sessions of policy type "sts", the policy lines as §4.4 policy-string."""
+    servers = {"192.0.2.1": FakeServer(names=("other.example",)),
+               "192.0.2.2": FakeServer(names=("mx2.example.net",))}
+    outbound, _ = _outbound(_zone(), servers, mtasts=StaticPolicies(ENFORCE))
+    result = await _send(outbound)
+    assert result.status == "delivered"
+    record = result.tls_record()
+    lines = ("version: STSv1", "mode: enforce", "mx: mx1.example.net", "mx: mx2.example.net",
+             "max_age: 86400")
+    first, second = record.sessions
+    assert (first.policy_type, first.policy_domain, first.policy_string, first.mx_patterns) == (
+        "sts", "example.net", lines, ("mx1.example.net", "mx2.example.net"))
+    assert (first.mx_host, first.receiving_ip, first.result_type, first.success) == (
+        "mx1.example.net", "192.0.2.1", "certificate-host-mismatch", False)
+    assert first.reason
+    assert (second.mx_host, second.receiving_ip, second.result_type, second.success,
+            second.reason) == ("mx2.example.net", "192.0.2.2", None, True, None)
+    assert first.id != second.id
+    # the record's own fields describe the last session
+    assert (record.policy_type, record.mx_host, record.receiving_ip, record.result_type,
+            record.success) == ("sts", "mx2.example.net", "192.0.2.2", None, True)
+
+
+async def test_sts_testing_reports_a_failure_while_delivering() -> None:
+    servers = {"192.0.2.1": FakeServer(names=("elsewhere.example",))}
+    outbound, _ = _outbound(_zone(), servers, mtasts=StaticPolicies(TESTING))
+    result = await _send(outbound)
+    assert result.status == "delivered"
+    [session] = result.tls_record().sessions
+    # RFC 8461 §5 testing: delivered, and the failure is reported (RFC 8460 §4.3.1).
+    assert (session.policy_type, session.result_type, session.success) == (
+        "sts", "certificate-host-mismatch", False)
+
+
+async def test_dane_sessions_are_tlsa_with_the_records(certs: tuple[bytes, bytes]) -> None:
+    good, bad = certs
+    servers = {"192.0.2.1": FakeServer(chain=(bad,)), "192.0.2.2": FakeServer(chain=(good,))}
+    outbound, _ = _outbound(_signed_zone(good), servers)
+    result = await _send(outbound)
+    assert result.status == "delivered"
+    first, second = result.tls_record().sessions
+    # RFC 6698 §2.2 presentation form: usage selector matching-type hex.
+    tlsa = ("3 1 1 " + _spki_sha256(good).hex(),)
+    assert (first.policy_type, first.policy_string, first.mx_patterns) == ("tlsa", tlsa, ())
+    assert (first.mx_host, first.result_type, first.success) == (
+        "mx1.example.net", "validation-failure", False)
+    assert (second.mx_host, second.result_type, second.success) == (
+        "mx2.example.net", None, True)
+
+
+async def test_no_policy_sessions_and_what_is_not_counted() -> None:
+    """Opportunistic TLS: a TLS session counts as successful, a server without STARTTLS as
+    starttls-not-supported (§4.3.1); a server that cannot be reached has no TLS outcome."""
+    servers = {"192.0.2.1": FakeServer(down=True), "192.0.2.2": FakeServer(starttls=False)}
+    outbound, _ = _outbound(_zone(), servers)
+    result = await _send(outbound)
+    assert result.status == "delivered"
+    down, plain = result.tls_record().sessions
+    assert (down.policy_type, down.result_type, down.success) == ("no-policy-found", None, None)
+    assert (plain.policy_type, plain.result_type, plain.success) == (
+        "no-policy-found", "starttls-not-supported", False)
+    tls_ok = await _send(_outbound(_zone(), {"192.0.2.1": FakeServer()})[0])
+    [session] = tls_ok.tls_record().sessions
+    assert (session.policy_type, session.result_type, session.success) == (
+        "no-policy-found", None, True)
+
+
+async def test_a_refusal_after_the_policy_check_is_a_successful_tls_session() -> None:
+    servers = {"192.0.2.1": FakeServer(names=("mx1.example.net",), rcpt_reply=Reply(
+        code=550, status="5.1.1", text="no such user"))}
+    outbound, _ = _outbound(_zone(), servers, mtasts=StaticPolicies(ENFORCE))
+    result = await _send(outbound)
+    assert result.status == "bounced"
+    [session] = result.tls_record().sessions
+    assert (session.policy_type, session.result_type, session.success) == ("sts", None, True)
+
+
+async def test_sessions_of_two_deliveries_have_distinct_ids() -> None:
+    outbound, _ = _outbound(_zone(), {"192.0.2.1": FakeServer()})
+    one = (await _send(outbound)).tls_record().sessions
+    two = (await _send(outbound)).tls_record().sessions
+    assert {s.id for s in one}.isdisjoint({s.id for s in two})
+
+
+async def test_tls_record_sessions_reach_the_store_once(tmp_path: Path) -> None:
+    """What the queue does with the record (one finish per recipient row, the same record)
+    gives one session per MX tried in the store's TLS-RPT summary."""
+    from mailmoat.store import AttemptResult, NewDelivery, SQLiteStore
+
+    servers = {"192.0.2.1": FakeServer(names=("other.example",)),
+               "192.0.2.2": FakeServer(names=("mx2.example.net",))}
+    outbound, _ = _outbound(_zone(), servers, mtasts=StaticPolicies(ENFORCE))
+    result = await _send(outbound, rcpt=("b@example.net", "c@example.net"))
+    record = result.tls_record()
+    store = await SQLiteStore.open(tmp_path / "store.db", synchronous="OFF")
+    try:
+        rows = await store.enqueue([NewDelivery(spool_id="01JX", recipient=r,
+                                                destination="mx:example.net")
+                                    for r in ("b@example.net", "c@example.net")], now=10.0)
+        await store.claim(now=10.0, owner="w", lease=60, limit=9, per_destination=9)
+        for row in rows:
+            await store.finish(row, "w", AttemptResult(outcome="delivered", started_at=10.0,
+                                                       finished_at=11.0, tls=record))
+        [summary] = await store.tls_attempts("example.net", 0.0, 100.0)
+        assert (summary.policy_type, summary.successful, summary.failed) == ("sts", 1, 1)
+        assert [(f.result_type, f.mx_host, f.count) for f in summary.failures] == [
+            ("certificate-host-mismatch", "mx1.example.net", 1)]
+    finally:
+        await store.close()

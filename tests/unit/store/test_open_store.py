@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailmoat.errors import StoreError
-from mailmoat.store import SQLiteStore, open_store
+from mailmoat.store import SCHEMA_VERSION, SQLiteStore, open_store
 
 
 @pytest.mark.parametrize("form", ["sqlite://{p}", "sqlite:{p}", "{p}"])
@@ -16,7 +16,7 @@ async def test_sqlite_urls(tmp_path: Path, form: str) -> None:
     store = await open_store(form.format(p=path))
     try:
         assert isinstance(store, SQLiteStore)
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == SCHEMA_VERSION
     finally:
         await store.close()
     assert path.exists()
@@ -49,7 +49,7 @@ async def test_postgres_url_with_schema() -> None:
     try:
         assert isinstance(store, PostgresStore)
         assert store.schema == schema
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == SCHEMA_VERSION
         async with await psycopg.AsyncConnection.connect(
                 "host=127.0.0.1 user=postgres dbname=test") as conn:
             cur = await conn.execute(
@@ -57,7 +57,7 @@ async def test_postgres_url_with_schema() -> None:
                 (schema,))
             row = await cur.fetchone()
         assert row is not None
-        assert row[0] == 4  # schema_version, verdicts, deliveries, attempts
+        assert row[0] == 5  # schema_version, verdicts, deliveries, attempts, tls_sessions
     finally:
         await store.close()
         await drop_schema(schema)

@@ -26,9 +26,9 @@ def sid(n: int) -> str:
 
 
 async def test_migrations_are_versioned_and_idempotent(store: Store) -> None:
-    assert await store.schema_version() == SCHEMA_VERSION == 1
-    assert await store.migrate() == 1  # second run: nothing to do
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == SCHEMA_VERSION == 2
+    assert await store.migrate() == 2  # second run: nothing to do
+    assert await store.schema_version() == 2
 
 
 async def test_verdict_round_trip_and_upsert(store: Store) -> None:
