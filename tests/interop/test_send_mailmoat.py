@@ -71,8 +71,13 @@ async def test_submission_with_auth(server: RunningServer, mode: str, mechanism:
     assert result.session.auth_reply is not None
     assert result.session.auth_reply.code == 235
     message = spooled(server, result)
-    assert message.endswith(body(tag))
+    sent_head, _, sent_body = body(tag).partition(b"\r\n\r\n")
+    assert message.endswith(b"\r\n\r\n" + sent_body)
     head = tls_comment(message)
+    # The submitted fields arrive unchanged; the MSA adds the missing Date (RFC 6409 §8.3).
+    for line in sent_head.split(b"\r\n"):
+        assert b"\r\n" + line + b"\r\n" in head + b"\r\n"
+    assert b"\r\nDate: " in head
     assert f"using {tls.version} with cipher {tls.cipher}".encode() in head.replace(b"\r\n", b"")
     assert b"ESMTPSA" in head
     entry = server.spool().get(result.queue_id or "")

@@ -16,6 +16,19 @@ A destination is a string (it is also the key of the queue's per-destination lim
     the recipient domain's MX hosts through :class:`mailmoat.gateway.outbound.Outbound`
     (RFC 5321 §5 MX order, null MX; DANE, MTA-STS, REQUIRETLS, else opportunistic STARTTLS).
 
+Header edits and quarantine
+    The inbound pipeline's verdict travels in the envelope (:class:`mailmoat.spool.Envelope`
+    ``header_edits``, ``quarantined``, ``quarantine_folder``). Before any destination the
+    edits are applied to the spooled bytes (:func:`mailmoat.gateway.inbound.apply_edits`: our
+    Authentication-Results on top, inbound ones claiming our authserv-id removed, RFC 8601
+    §5; the quarantine field; an ARC Set). A ``header_edits`` record that cannot be read
+    defers the message with the reason: it is never delivered unedited (a forged
+    Authentication-Results would then reach the mailbox). A ``maildir:`` destination puts
+    a quarantined message with a folder into the Maildir++ folder ``.<folder>/`` of the
+    recipient's Maildir (created with ``tmp/ new/ cur/`` and the ``maildirfolder`` marker,
+    as Courier and Dovecot lay folders out); other destinations get the header field
+    ``X-Mailmoat-Quarantine`` only (a Sieve rule on the mailbox server files it).
+
 :meth:`Downstream.deliver` never raises for a delivery failure: it returns a
 :class:`DeliveryReport` with one :class:`RecipientOutcome` per recipient, ``delivered``,
 ``deferred`` (temporary: the queue retries) or ``bounced`` (permanent). Anything unexpected
@@ -23,8 +36,12 @@ becomes ``deferred``, so a bug or an outage never loses a message.
 
 SECURITY: recipient addresses come from the network. In Maildir paths each substituted part
 must be a plain file-name component (no ``/``, NUL, leading ``.``, nor longer than 255
-octets); anything else is refused (bounced) rather than becoming a path. Addresses reaching
-LMTP/SMTP are checked for CR/LF/NUL by the clients.
+octets); anything else is refused (bounced) rather than becoming a path; the quarantine
+folder (configuration, validated there) is checked the same way before it names a directory.
+Addresses reaching LMTP/SMTP are checked for CR/LF/NUL by the clients. The header-edits
+record comes from our own spool (checksummed): it is parsed strictly
+(:meth:`~mailmoat.gateway.inbound.HeaderEdits.from_json`) and the header section it edits
+is bounded (``limits.MESSAGE_HEADER_MAX``).
 """
 
 from __future__ import annotations
@@ -36,11 +53,13 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from mailmoat.errors import LimitExceeded
+from mailmoat.gateway.inbound import HeaderEdits, apply_edits
 from mailmoat.gateway.outbound import Outbound
 from mailmoat.net.lmtp_client import LMTPError, deliver_lmtp
 from mailmoat.net.smtp_client import SendError, SendResult, send_message
@@ -53,9 +72,12 @@ __all__ = [
     "Deliverer",
     "DeliveryReport",
     "Downstream",
+    "EditsError",
     "RecipientOutcome",
     "deliver_maildir",
+    "edited",
     "maildir_unique_name",
+    "quarantine_folder",
 ]
 
 
@@ -187,6 +209,45 @@ def _local_copy(message: bytes, envelope: Envelope, recipient: str) -> bytes:
     return head + message.replace(b"\r\n", b"\n")
 
 
+# --- header edits ------------------------------------------------------------------------------
+class EditsError(Exception):
+    """The envelope's header-edits record cannot be applied (the message is deferred)."""
+
+
+def edited(message: bytes, header_edits: str) -> bytes:
+    """``message`` with the header edits of an envelope applied (see the module docstring);
+    :class:`EditsError` if the record does not parse or the header section is over the
+    bound."""
+    try:
+        edits = HeaderEdits.from_json(header_edits)
+    except (ValueError, KeyError, TypeError) as exc:  # JSON, base64, missing or wrong keys
+        raise EditsError(f"header edits record unreadable ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}): not delivered unedited") from None
+    try:
+        return b"".join(apply_edits(edits, (message,)))
+    except LimitExceeded as exc:
+        raise EditsError(f"header edits not applicable: {exc}") from None
+
+
+def quarantine_folder(maildir: Path, folder: str) -> Path:
+    """The Maildir++ folder ``.<folder>`` of ``maildir`` (one safe path component: no
+    ``/``, no leading dot, no control characters; dots inside name sub-folders, as in
+    Maildir++ ``.Junk.Spam``). ValueError otherwise."""
+    name = _component(folder)
+    if name.endswith("."):
+        raise ValueError(f"{folder[:60]!r} is not a Maildir++ folder name")
+    return maildir / f".{name}"
+
+
+def _make_folder(directory: Path) -> None:
+    """Create a Maildir++ folder with its ``maildirfolder`` marker (Courier's maildir++
+    layout, which Dovecot reads); blocking: in a thread."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    marker = directory / "maildirfolder"
+    if not marker.exists():
+        marker.touch(mode=0o600)
+
+
 # --- the deliverer ----------------------------------------------------------------------------
 @dataclass(slots=True, kw_only=True)
 class Downstream:
@@ -202,6 +263,8 @@ class Downstream:
     async def deliver(self, *, message: bytes, envelope: Envelope, recipients: Sequence[str],
                       destination: str) -> DeliveryReport:
         try:
+            if envelope.header_edits is not None:
+                message = edited(message, envelope.header_edits)
             scheme = destination.split(":", 1)[0]
             if scheme == "lmtp":
                 return await self._lmtp(message, envelope, recipients, destination)
@@ -212,6 +275,8 @@ class Downstream:
             if scheme == "mx":
                 return await self._mx(message, envelope, recipients, destination)
             return _all(recipients, "deferred", f"unknown destination {destination!r}")
+        except EditsError as exc:
+            return _all(recipients, "deferred", str(exc))
         except Exception as exc:  # never lose a message to a bug or an outage
             return _all(recipients, "deferred", f"{type(exc).__name__}: {exc}")
 
@@ -335,10 +400,13 @@ class Downstream:
             message, domain=domain, mail_from=envelope.mail_from or None,
             rcpt_to=list(recipients), requiretls=envelope.requiretls)
         if outcome.result is not None:
-            return self._smtp_report(recipients, outcome.result, outcome.policy,
-                                     outcome.remote or domain)
-        assert outcome.error is not None
-        return self._smtp_failure(recipients, outcome.error, outcome.policy)
+            report = self._smtp_report(recipients, outcome.result, outcome.policy,
+                                       outcome.remote or domain)
+        else:
+            assert outcome.error is not None
+            report = self._smtp_failure(recipients, outcome.error, outcome.policy)
+        # TLS of the last session and every session as RFC 8460 sees it (store: tls_sessions)
+        return replace(report, tls=outcome.tls_record())
 
     async def _maildir(self, message: bytes, envelope: Envelope, recipients: Sequence[str],
                        destination: str) -> DeliveryReport:
@@ -352,8 +420,18 @@ class Downstream:
                 outcomes.append(RecipientOutcome(recipient=address, outcome="bounced",
                                                  error=str(exc)))
                 continue
+            if envelope.quarantined and envelope.quarantine_folder:
+                try:
+                    directory = quarantine_folder(directory, envelope.quarantine_folder)
+                except ValueError as exc:  # configuration: keep it queued, say why
+                    outcomes.append(RecipientOutcome(
+                        recipient=address, outcome="deferred",
+                        error=f"quarantine folder refused: {exc}"))
+                    continue
             content = _local_copy(message, envelope, address)
             try:
+                if envelope.quarantined and envelope.quarantine_folder:
+                    await asyncio.to_thread(_make_folder, directory)
                 path = await asyncio.to_thread(deliver_maildir, directory, content,
                                                fsync=self.maildir_fsync)
             except OSError as exc:

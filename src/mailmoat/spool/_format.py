@@ -96,6 +96,14 @@ class Envelope:
     requiretls: bool = False  # RFC 8689
     ret: str | None = None  # RFC 3461 RET=FULL|HDRS
     envid: str | None = None  # RFC 3461 ENVID
+    #: ``gateway.inbound.HeaderEdits.to_json()``: header edits (our Authentication-Results,
+    #: removal of forged ones, quarantine field, ARC Set) applied when the message is
+    #: delivered; None: deliver the spooled bytes as they are.
+    header_edits: str | None = None
+    #: the inbound policy quarantined the message
+    quarantined: bool = False
+    #: the Maildir folder for quarantined mail (None: the header field only)
+    quarantine_folder: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +140,9 @@ def envelope_to_json(
         "requiretls": envelope.requiretls,
         "ret": envelope.ret,
         "envid": envelope.envid,
+        "header_edits": envelope.header_edits,
+        "quarantined": envelope.quarantined,
+        "quarantine_folder": envelope.quarantine_folder,
         "size": size,
         "sha256": sha256,
     }
@@ -144,6 +155,13 @@ def _opt_str(record: Mapping[str, Any], key: str) -> str | None:
     value = record.get(key)
     if value is not None and not isinstance(value, str):
         raise SpoolError(f"envelope field {key} is not a string")
+    return value
+
+
+def _opt_bool(record: Mapping[str, Any], key: str) -> bool:
+    value = record.get(key, False)
+    if not isinstance(value, bool):
+        raise SpoolError(f"envelope field {key} is not a boolean")
     return value
 
 
@@ -178,6 +196,10 @@ def envelope_from_json(data: bytes) -> tuple[SpoolID, Envelope, int, str]:
             requiretls=bool(record.get("requiretls")),
             ret=_opt_str(record, "ret"),
             envid=_opt_str(record, "envid"),
+            # absent in records written before these fields existed: the defaults
+            header_edits=_opt_str(record, "header_edits"),
+            quarantined=_opt_bool(record, "quarantined"),
+            quarantine_folder=_opt_str(record, "quarantine_folder"),
         )
         return check_id(str(record["id"])), envelope, int(record["size"]), str(record["sha256"])
     except (KeyError, TypeError, ValueError) as exc:

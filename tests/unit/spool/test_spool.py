@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +27,7 @@ from mailmoat.spool import (
     id_time,
     make_id_factory,
 )
+from mailmoat.spool._format import envelope_from_json, envelope_to_json
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,6 +79,35 @@ async def test_utf8_and_undecodable_addresses_roundtrip(tmp_path: Path) -> None:
                    received_at=0.0)
     spool_id = await spool.store(env, b"m")
     assert spool.get(spool_id).envelope == env
+
+
+async def test_verdict_fields_roundtrip(tmp_path: Path) -> None:
+    # The inbound verdict travels with the message (gateway.deliver applies it).
+    spool = Spool(tmp_path, fsync=False)
+    env = dataclasses.replace(
+        ENV, header_edits='{"v":1,"prepend":"QQ==","remove_authserv_id":"mx","remove_names":[]}',
+        quarantined=True, quarantine_folder="Junk")
+    spool_id = await spool.store(env, b"m")
+    assert spool.get(spool_id).envelope == env
+    plain = await spool.store(ENV, b"m")
+    got = spool.get(plain).envelope
+    assert got == ENV
+    assert (got.header_edits, got.quarantined, got.quarantine_folder) == (None, False, None)
+
+
+def test_old_envelope_records_load_with_defaults() -> None:
+    # A record written before the verdict fields existed has none of their keys.
+    data = envelope_to_json(check_id("0" * 26), ENV, size=1, sha256="00")
+    record = json.loads(data)
+    for key in ("header_edits", "quarantined", "quarantine_folder"):
+        del record[key]
+    _, env, size, _ = envelope_from_json(json.dumps(record).encode())
+    assert env == ENV
+    assert size == 1
+    for key, bad in (("quarantined", "yes"), ("quarantined", 1), ("header_edits", 5),
+                     ("quarantine_folder", ["Junk"])):
+        with pytest.raises(SpoolError, match=key):
+            envelope_from_json(json.dumps({**record, key: bad}).encode())
 
 
 async def test_streamed_writer(tmp_path: Path) -> None:
