@@ -34,6 +34,10 @@ from conftest import require_peer
 from mailmoat.analysis import TLSStatus, parse_received
 from mailmoat.spool import SpooledMessage
 
+#: The gateway would deliver (and remove from the spool) what these tests read back from the
+#: spool: hold the queue (accept and queue, deliver nothing).
+HOLD = "[delivery]\nhold = true\n"
+
 pytestmark = pytest.mark.timeout(120)
 
 QUEUED_RE = re.compile(r"250 2\.0\.0 Ok: queued as ([0-9A-Z]{26})")
@@ -41,7 +45,7 @@ QUEUED_RE = re.compile(r"250 2\.0\.0 Ok: queued as ([0-9A-Z]{26})")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    config = make_data_dir(tmp_path_factory.mktemp("gw"))
+    config = make_data_dir(tmp_path_factory.mktemp("gw"), extra=HOLD)
     running = start_server(config)
     yield running
     assert running.stop() == 0
@@ -107,7 +111,11 @@ def test_smtplib_implicit_tls_submission(server: RunningServer) -> None:
     entry, message = fetch(server, spool_id)
     assert version == "TLSv1.3"
     check_tls_received(message, version=version, cipher=cipher, protocol="ESMTPSA")
-    assert message.endswith(body("smtplib-465"))
+    # Submission repairs the message (RFC 6409 §8.3): the missing Date field is added.
+    head, _, rest = body("smtplib-465").partition(b"\r\n\r\n")
+    assert message.endswith(b"\r\n\r\n" + rest)
+    assert head in message
+    assert re.search(rb"\r\nDate: [^\r\n]+\r\n\r\n", message)
     assert entry.envelope.auth_user == USER
     assert entry.envelope.tls is not None
     assert entry.envelope.tls.cipher == cipher

@@ -27,6 +27,10 @@ from server_fixture import HOSTNAME, make_data_dir, start_server
 
 from mailmoat.spool import Spool
 
+#: The gateway would deliver (and remove from the spool) what these tests read back from the
+#: spool: hold the queue (accept and queue, deliver nothing).
+HOLD = "[delivery]\nhold = true\n"
+
 pytestmark = pytest.mark.timeout(120)
 
 CLIENTS = 12
@@ -131,7 +135,7 @@ async def run_load(port: int, victim: int, *, kill_after: float, total: float,
 
 
 async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    config = make_data_dir(tmp_path / "gw", listeners=(("plain", "mx"),))
+    config = make_data_dir(tmp_path / "gw", listeners=(("plain", "mx"),), extra=HOLD)
     server = start_server(config)
     spool_dir = server.data_dir / "spool"
     try:
@@ -155,7 +159,8 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
 
 
 async def test_kill_9_one_worker_of_two(tmp_path: Path) -> None:
-    config = make_data_dir(tmp_path / "gw", listeners=(("plain", "mx"),), workers=2)
+    config = make_data_dir(tmp_path / "gw", listeners=(("plain", "mx"),), workers=2,
+                           extra=HOLD)
     server = start_server(config, workers=2)
     spool_dir = server.data_dir / "spool"
     try:

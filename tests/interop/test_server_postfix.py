@@ -21,12 +21,17 @@ from server_fixture import HOSTNAME, RunningServer, make_data_dir, start_server
 from conftest import require_peer
 from mailmoat.analysis import TLSStatus, parse_received
 
+#: The gateway would deliver (and remove from the spool) what these tests read back from the
+#: spool: hold the queue (accept and queue, deliver nothing).
+HOLD = "[delivery]\nhold = true\n"
+
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    config = make_data_dir(tmp_path_factory.mktemp("gw"), listeners=(("starttls", "mx"),))
+    config = make_data_dir(tmp_path_factory.mktemp("gw"), listeners=(("starttls", "mx"),),
+                           extra=HOLD)
     running = start_server(config)
     yield running
     assert running.stop() == 0

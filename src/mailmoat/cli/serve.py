@@ -6,6 +6,13 @@ with a self-signed ECDSA P-256 certificate and an empty users file (see
 2465/2587/2525 otherwise). ``DATA_DIR`` defaults to ``/var/lib/mailmoat`` as root, else
 ``~/.local/share/mailmoat``.
 
+The gateway delivers what it accepts (:mod:`mailmoat.gateway.runtime`): mail for
+``relay.local_domains`` goes to ``[delivery] destination`` (default: Maildirs under
+``DATA_DIR/mail/<domain>/<user>``), other mail to the recipient domain's MX. The store
+(verdicts and the delivery queue, ``mailmoat queue``) is ``store.url``, default
+``DATA_DIR/mailmoat.db``. With ``[submission_api] enabled`` the HTTP submission API runs in
+worker slot 0.
+
 Signals: SIGHUP reloads the certificates and the users file; SIGTERM/SIGINT stop gracefully.
 """
 
@@ -17,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from mailmoat.errors import ConfigError, SpoolError, TLSConfigError
+from mailmoat.errors import ConfigError, SpoolError, StoreError, TLSConfigError
 from mailmoat.gateway.config import default_config, load_config
 
 
@@ -35,8 +42,10 @@ from mailmoat.gateway.config import default_config, load_config
               help="Seconds a graceful stop waits for sessions in a transaction.")
 def serve(config_file: Path | None, data_dir: Path | None, workers: int | None,
           log_level: str, grace: float) -> None:
-    """Run the SMTP gateway (SMTPS, STARTTLS, submission with AUTH, durable spool)."""
+    """Run the mail gateway: SMTP listeners (SMTPS, STARTTLS, submission with AUTH), the
+    durable spool and the delivery queue (local Maildir/LMTP/SMTP destination, MX)."""
     from mailmoat.gateway.server import serve as run
+    from mailmoat.web.submit import start_from_config
 
     logging.basicConfig(
         level=getattr(logging, log_level.upper()), stream=sys.stderr,
@@ -48,8 +57,8 @@ def serve(config_file: Path | None, data_dir: Path | None, workers: int | None,
         else:
             config, created = default_config(data_dir)
             click.echo(f"mailmoat: config {created}")
-        code = run(config, workers=workers, grace=grace)
-    except (ConfigError, TLSConfigError, SpoolError) as exc:
+        code = run(config, workers=workers, grace=grace, api=start_from_config)
+    except (ConfigError, TLSConfigError, SpoolError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:  # pragma: no cover - interactive
         code = 0

@@ -6,8 +6,8 @@ every failure into :class:`mailmoat.errors.ConfigError` whose ``key`` is the dot
 offending setting, e.g. ``listener[1].mode`` or ``limits.timeouts.data_init``.
 
 Relative paths: ``server.data_dir`` relative to the directory of the config file; every other
-path (``tls.certificates[].cert``/``key``, ``auth.users_file``, ``spool.dir``) relative to
-``server.data_dir``.
+path (``tls.certificates[].cert``/``key``, ``auth.users_file``, ``spool.dir``,
+``delivery.ca_file``, a ``maildir:`` ``delivery.destination``) relative to ``server.data_dir``.
 
 Example (all keys; every section but ``[[listener]]`` is optional)::
 
@@ -61,6 +61,24 @@ Example (all keys; every section but ``[[listener]]`` is optional)::
 
     [auth]
     users_file = "users.jsonl"
+
+    [store]
+    url = "sqlite:mailmoat.db"      # or "postgresql://mailmoat@db/mail?schema=mailmoat"
+
+    [delivery]                      # the delivery queue (gateway/runtime.py, queue.py)
+    destination = "lmtp://127.0.0.1:24"   # mail for relay.local_domains; default:
+                                    #   "maildir:DATA_DIR/mail/%d/%u"; other domains: their MX
+    workers = 2                     # queue tasks per worker process
+    per_destination = 20            # deliveries in flight per destination
+    min_backoff = 300.0             # retry schedule, seconds (doubling up to max_backoff)
+    max_backoff = 4000.0
+    max_age = 432000.0              # bounce after 5 days (RFC 5321 §4.5.4.1)
+    lease = 300.0                   # a crashed worker's deliveries return after this
+    mx_port = 25                    # SMTP port of the MX hosts (tests: a loopback receiver)
+    ca_file = "tls/extra-ca.pem"    # extra trust anchors: MX certificates, MTA-STS HTTPS
+    mta_sts = true                  # RFC 8461 policies (cache: DATA_DIR/mta-sts-cache.json)
+    dane = true                     # RFC 7672 (needs [dns] trust_ad with a validating resolver)
+    hold = false                    # true: accept and queue, deliver nothing (maintenance)
 
     [spool]
     dir = "spool"
@@ -350,6 +368,38 @@ class DeliveryConfig(_Model):
     max_backoff: PositiveSeconds = limits.QUEUE_MAX_BACKOFF
     max_age: float = Field(default=limits.QUEUE_MAX_AGE, gt=0, le=366 * 86_400)
     lease: PositiveSeconds = limits.QUEUE_LEASE
+    #: SMTP port of the recipient domains' MX hosts (RFC 5321 §4.5.4: 25; tests: loopback).
+    mx_port: int = Field(default=25, ge=1, le=65535)
+    #: Extra trust anchors (PEM) for receivers' certificates and MTA-STS HTTPS fetches.
+    ca_file: Path | None = None
+    #: Apply recipient domains' MTA-STS policies (RFC 8461); the cache persists in data_dir.
+    mta_sts: bool = True
+    #: Use DANE TLSA records (RFC 7672); needs [dns] trust_ad and a validating resolver.
+    dane: bool = True
+    #: Accept and queue but deliver nothing (maintenance; `mailmoat queue` still works).
+    hold: bool = False
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(ord(c) < 0x21 for c in value):
+            raise ValueError("no spaces or control characters in a destination")
+        scheme = value.split(":", 1)[0]
+        if scheme not in ("lmtp", "smtp", "smtps", "maildir") or ":" not in value:
+            raise ValueError(f"{value!r} is not lmtp://HOST:PORT, lmtp:/SOCKET, "
+                             "smtp(s)://HOST:PORT or maildir:/PATH")
+        if scheme == "maildir" and not value.removeprefix("maildir:").startswith("/"):
+            raise ValueError("a maildir: destination needs a path")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
 
 
 class SubmissionDKIMConfig(_Model):
@@ -607,6 +657,14 @@ def _resolve(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
 
     rel("auth", "users_file")
     rel("spool", "dir")
+    rel("delivery", "ca_file")
+    delivery = out.get("delivery")
+    if isinstance(delivery, dict) and isinstance(delivery.get("destination"), str):
+        target = delivery["destination"]
+        if target.startswith("maildir:") and target[len("maildir:"):][:1] not in ("", "/"):
+            # A relative Maildir template lives under data_dir, like every other path.
+            path = target.removeprefix("maildir:")
+            out["delivery"] = {**delivery, "destination": f"maildir:{data_dir / path}"}
     # A section present without its path key still gets the default under data_dir.
     for section, key, default in (("auth", "users_file", USERS_FILE_NAME),
                                   ("spool", "dir", "spool")):

@@ -4,13 +4,21 @@
 asyncio event loop (one worker). :func:`serve` is the process model behind ``mailmoat serve``:
 
 * the parent validates the config and the certificates (a clear error before anything
-  listens), runs spool recovery, binds every listening socket, prints the listeners, then
-  forks ``workers`` processes that share those sockets (the kernel spreads the accepts; a
-  pre-fork like nginx's). A worker that dies is replaced; recovery at its start deletes the
-  dead worker's half-received messages (the spool's flock tells dead writers from live ones).
+  listens), runs spool recovery and the queue's recovery (:func:`mailmoat.gateway.runtime.
+  prepare`: spooled messages without delivery rows are queued; the DNSSEC check for DANE),
+  binds every listening socket, prints the store, what it recovered, DANE on/off, the local
+  destination and the listeners, then forks ``workers`` processes that share those sockets
+  (the kernel spreads the accepts; a pre-fork like nginx's). A worker that dies is replaced
+  in its slot; recovery at its start deletes the dead worker's half-received messages (the
+  spool's flock tells dead writers from live ones).
+* every worker runs a :class:`~mailmoat.gateway.runtime.Runtime`: its store connection, the
+  delivery queue, the pipelines and the group-committed ``accept``; worker slot 0 also runs
+  the HTTP submission API (when enabled) and the sweep for spooled messages without rows.
 * SIGHUP: every worker reloads the TLS certificates (live connections keep theirs) and the
-  users file. SIGTERM/SIGINT: graceful stop -- stop accepting, close idle sessions with 421,
-  let sessions in a transaction finish, up to ``grace`` seconds.
+  users file. SIGTERM/SIGINT: graceful stop -- stop accepting (SMTP and HTTP), close idle
+  sessions with 421, let sessions in a transaction finish, up to ``grace`` seconds; then
+  the queue workers finish their deliveries (also bounded by ``grace``; cut-off ones keep
+  their lease and are retried when it expires) and the store closes.
 * ``workers = 1`` runs the gateway in the process itself (no fork).
 
 uvloop is used when installed.
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -33,6 +42,7 @@ from typing import TextIO
 from mailmoat.errors import ConfigError, TLSConfigError
 from mailmoat.gateway.config import Config, ListenerConfig
 from mailmoat.gateway.relay import RelayPolicy
+from mailmoat.gateway.runtime import ApiFactory, Runtime, StartupReport, prepare, validate
 from mailmoat.gateway.session import GatewayContext, session_factory
 from mailmoat.gateway.users import Authenticator, UserDB
 from mailmoat.net.smtp_server import ConnectionTracker, ListenerSpec, Timeouts, start_listener
@@ -40,7 +50,8 @@ from mailmoat.net.tls import ServerTLS
 from mailmoat.smtp import ServerConfig as EngineConfig
 from mailmoat.spool import RecoveryReport, Spool
 
-__all__ = ["BoundListener", "Gateway", "bind_listeners", "engine_config", "serve"]
+__all__ = ["BoundListener", "Gateway", "RuntimeOptions", "bind_listeners", "engine_config",
+           "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +132,25 @@ def timeouts(config: Config) -> Timeouts:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeOptions:
+    """Run the delivery side too (:class:`~mailmoat.gateway.runtime.Runtime`): ``slot`` of
+    this worker (0 runs the API and the sweep), the parent's DANE check, the API factory."""
+
+    slot: int = 0
+    dane: tuple[bool, str] | None = None
+    api: ApiFactory | None = None
+
+
 class Gateway:
-    """Every listener of a config in the running event loop (one worker)."""
+    """Every listener of a config in the running event loop (one worker). With ``runtime``
+    the worker also delivers (queue, pipelines, ``accept``); without it, it only spools."""
 
     def __init__(self, config: Config, *, listeners: Sequence[BoundListener] | None = None,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None, runtime: RuntimeOptions | None = None) -> None:
         self.config = config
+        self.runtime_options = runtime
+        self.runtime: Runtime | None = None
         self._bound = list(listeners) if listeners is not None else None
         self.tls: ServerTLS | None = (
             ServerTLS(config.tls.specs(), min_version=config.tls.min_version)
@@ -158,6 +182,11 @@ class Gateway:
                                                    fsync=self.config.spool.fsync)
         if self._bound is None:
             self._bound = bind_listeners(self.config)
+        options = self.runtime_options
+        if options is not None and self.runtime is None:
+            self.runtime = await Runtime.open(self.config, self.spool, dane=options.dane,
+                                              slot=options.slot, api=options.api)
+            await self.runtime.start()
         for bound in self._bound:
             self.servers.append(await start_listener(self._spec(bound.config), sock=bound.sock))
         if self.tls is not None:
@@ -166,6 +195,7 @@ class Gateway:
 
     def _spec(self, listener: ListenerConfig) -> ListenerSpec:
         assert self.spool is not None
+        extra = self.runtime.context_fields(listener.role) if self.runtime is not None else {}
         ctx = GatewayContext(
             hostname=self.config.server.hostname,
             role=listener.role,
@@ -173,6 +203,7 @@ class Gateway:
             relay=self.relay,
             authenticator=self.authenticator if listener.role == "submission" else None,
             max_message_size=self.config.limits.max_message_size,
+            **extra,
         )
         self.contexts[f"{listener.address}:{listener.port}"] = ctx
         return ListenerSpec(
@@ -199,9 +230,12 @@ class Gateway:
             log.error("users file reload failed, keeping the current users: %s", exc)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop accepting, let sessions finish (bounded), close the spool."""
+        """Stop accepting, let sessions finish (bounded), stop the delivery side (bounded),
+        close the store and the spool."""
         for server in self.servers:
             server.close()
+        if self.runtime is not None:
+            await self.runtime.stop_api()
         cut = await self.tracker.drain(grace)
         if cut:
             log.warning("shutdown: %d sessions cut off after %.0fs", cut, grace)
@@ -212,6 +246,9 @@ class Gateway:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self.runtime is not None:
+            runtime, self.runtime = self.runtime, None
+            await runtime.stop(grace)
         if self.spool is not None:
             await self.spool.aclose()
 
@@ -225,9 +262,19 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 async def _run_worker(config: Config, bound: Sequence[BoundListener], grace: float,
-                      ready: Callable[[], None] | None) -> None:
-    gateway = Gateway(config, listeners=bound)
-    await gateway.start()
+                      ready: Callable[[], None] | None,
+                      runtime: RuntimeOptions | None) -> None:
+    gateway = Gateway(config, listeners=bound, runtime=runtime)
+    try:
+        await gateway.start()
+    except BaseException:
+        if gateway.runtime is not None:
+            await gateway.runtime.stop(0)
+        raise
+    if gateway.runtime is not None and gateway.runtime.api is not None:
+        api = config.submission_api
+        print(f"mailmoat: submission API listening on {api.address} port "
+              f"{gateway.runtime.api.port} (worker pid {os.getpid()})", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -243,25 +290,69 @@ async def _run_worker(config: Config, bound: Sequence[BoundListener], grace: flo
 
 
 def run_worker(config: Config, bound: Sequence[BoundListener], grace: float,
-               ready: Callable[[], None] | None = None) -> None:
+               ready: Callable[[], None] | None = None,
+               runtime: RuntimeOptions | None = None) -> None:
     """Run one worker until SIGTERM/SIGINT (in this process); ``ready`` is called once it
     serves and handles signals."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_run_worker(config, bound, grace, ready))
+        runner.run(_run_worker(config, bound, grace, ready, runtime))
+
+
+def _startup(config: Config) -> tuple[RecoveryReport, StartupReport]:
+    """Spool recovery, then the queue's (:func:`prepare`), in a loop of their own (closed
+    before the fork)."""
+    spool, report = Spool.open(config.spool_dir, fsync=config.spool.fsync)
+    try:
+        startup = asyncio.run(prepare(config, spool))
+    finally:
+        spool.close()
+    return report, startup
+
+
+def _check_api_port(config: Config) -> None:
+    """Fail before anything starts when the submission API's port is taken (its worker
+    binds it later; a worker that cannot would be restarted in a loop)."""
+    api = config.submission_api
+    family = socket.AF_INET6 if ":" in api.address else socket.AF_INET
+    try:
+        socket.create_server((api.address, api.port), family=family).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {api.address} port {api.port}: {exc.strerror}",
+                          key="submission_api.port") from None
+
+
+def print_startup(config: Config, report: RecoveryReport, startup: StartupReport,
+                  out: TextIO) -> None:
+    print(f"mailmoat: spool {config.spool_dir}: {report.queued} queued, "
+          f"{len(report.removed_tmp)} half-received removed", file=out)
+    print(f"mailmoat: store {startup.store}", file=out)
+    print(f"mailmoat: queue recovered: {len(startup.recovered.enqueued)} spooled messages "
+          f"without delivery rows queued, {len(startup.recovered.removed)} finished removed",
+          file=out)
+    delivery = config.delivery
+    why = startup.dane_note.removeprefix("DANE disabled: ").removeprefix("DANE enabled: ")
+    print(f"mailmoat: delivery: local domains -> {startup.destination}; other domains -> "
+          f"their MX, port {delivery.mx_port} (DANE {'on' if startup.dane else 'off'}: "
+          f"{why}; MTA-STS {'on' if delivery.mta_sts else 'off'})"
+          + ("; HOLD: nothing is delivered" if delivery.hold else ""), file=out)
 
 
 def serve(config: Config, *, workers: int | None = None, grace: float = SHUTDOWN_GRACE,
-          out: TextIO = sys.stdout) -> int:
-    """``mailmoat serve``: validate, recover, bind, print, then run the workers."""
+          out: TextIO = sys.stdout, api: ApiFactory | None = None) -> int:
+    """``mailmoat serve``: validate, recover, bind, print, then run the workers. ``api``
+    starts the HTTP submission API (in worker slot 0; the CLI passes
+    :func:`mailmoat.web.submit.start_from_config`)."""
     if config.tls.certificates:
         ServerTLS(config.tls.specs(), min_version=config.tls.min_version)  # fail early
     UserDB.load(config.users_file)
-    spool, report = Spool.open(config.spool_dir, fsync=config.spool.fsync)
-    spool.close()
+    validate(config)
+    if api is not None and config.submission_api.enabled:
+        _check_api_port(config)
+    report, startup = _startup(config)
     bound = bind_listeners(config)
     count = workers or config.server.workers
-    print(f"mailmoat: spool {config.spool_dir}: {report.queued} queued, "
-          f"{len(report.removed_tmp)} half-received removed", file=out)
+    print_startup(config, report, startup, out)
+    options = RuntimeOptions(dane=(startup.dane, startup.dane_note), api=api)
     for listener in bound:
         print(f"mailmoat: listening on {listener.describe()}", file=out)
 
@@ -269,17 +360,19 @@ def serve(config: Config, *, workers: int | None = None, grace: float = SHUTDOWN
         print(f"mailmoat: {count} worker(s), pid {os.getpid()}", file=out, flush=True)
 
     if count <= 1:
-        run_worker(config, bound, grace, banner)
+        run_worker(config, bound, grace, banner, options)
         return 0
-    return _supervise(config, bound, count, grace=grace, out=out, banner=banner)
+    return _supervise(config, bound, count, grace=grace, out=out, banner=banner,
+                      options=options)
 
 
 def _supervise(config: Config, bound: Sequence[BoundListener], count: int, *, grace: float,
-               out: TextIO, banner: Callable[[], None]) -> int:
-    children: dict[int, float] = {}
+               out: TextIO, banner: Callable[[], None], options: RuntimeOptions) -> int:
+    children: dict[int, tuple[float, int]] = {}  # pid -> (start time, slot)
     stopping = False
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
+        out.flush()
         pid = os.fork()
         if pid == 0:  # child
             code = 0
@@ -288,14 +381,18 @@ def _supervise(config: Config, bound: Sequence[BoundListener], count: int, *, gr
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 # Ignored until the worker's loop handles it (a reload must not kill it).
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                run_worker(config, bound, grace)
+                run_worker(config, bound, grace,
+                           runtime=dataclasses.replace(options, slot=slot))
             except BaseException:
                 log.exception("worker failed")
                 code = 1
             finally:
                 os._exit(code)
-        children[pid] = time.monotonic()
+        children[pid] = (time.monotonic(), slot)
+        # The line's format is read by scripts and tests: "mailmoat: worker pid N".
         print(f"mailmoat: worker pid {pid}", file=out, flush=True)
+        log.info("worker pid %d runs in slot %d%s", pid, slot,
+                 " (submission API, sweep)" if slot == 0 else "")
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -309,16 +406,17 @@ def _supervise(config: Config, bound: Sequence[BoundListener], count: int, *, gr
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
     banner()
-    for _ in range(count):
-        spawn()
+    for slot in range(count):
+        spawn(slot)
     while children:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        started = children.pop(pid, None)
-        if started is None:
+        child = children.pop(pid, None)
+        if child is None:
             continue
+        started, slot = child
         if not stopping:
             code = os.waitstatus_to_exitcode(status)
             print(f"mailmoat: worker pid {pid} exited ({code}); starting another",
@@ -326,7 +424,7 @@ def _supervise(config: Config, bound: Sequence[BoundListener], count: int, *, gr
             if time.monotonic() - started < _RESPAWN_MIN_LIFE:
                 time.sleep(_RESPAWN_MIN_LIFE)
             if not stopping:
-                spawn()
+                spawn(slot)
     for listener in bound:
         listener.sock.close()
     return 0
