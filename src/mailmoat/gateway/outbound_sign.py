@@ -21,7 +21,9 @@ Steps, in order:
    one, must be an address the login may use (:meth:`mailmoat.gateway.users.User.may_send_as`);
    otherwise ``550 5.7.1`` (RFC 3463 X.7.1; Postfix ``reject_sender_login_mismatch`` checks
    MAIL FROM, this checks what the recipient sees). A message without exactly one readable
-   From field is refused with ``550 5.6.0`` (RFC 5322 §3.6: exactly one From).
+   From field is refused with ``550 5.6.0`` (RFC 5322 §3.6: exactly one From), as is any
+   field RFC 5322 §3.6 / RFC 2045 allow once appearing twice (:data:`SINGLE_FIELDS`: how a
+   CRLF injected into a web form's Subject shows up); Bcc is removed (RFC 5322 §3.6.3).
 3. **DKIM** (RFC 6376 §5): the keys of the From domain or its closest configured parent
    (relaxed alignment, RFC 7489 §3.1.1), *every* key of that domain: with an RSA and an
    Ed25519 key, both sign (RFC 8463 §5 dual signing; Ed25519 on top).
@@ -66,10 +68,13 @@ from mailmoat.resolver import Resolver
 from mailmoat.smtp import Reply
 
 __all__ = [
+    "DROPPED_FIELDS",
     "FROM_NOT_ALLOWED",
     "FROM_UNREADABLE",
+    "SINGLE_FIELDS",
     "SubmissionOutcome",
     "SubmissionSigner",
+    "duplicate_field_reply",
     "from_addresses",
     "keys_for",
     "load_keys_dir",
@@ -82,6 +87,25 @@ FROM_NOT_ALLOWED: Final = Reply(code=550, status="5.7.1",
 #: RFC 3463 §3.7 X.6.0 "Other or undefined media error" (RFC 5322 §3.6: one From field).
 FROM_UNREADABLE: Final = Reply(code=550, status="5.6.0",
                                text="Message needs exactly one readable From header field")
+#: Fields a message may carry at most once: RFC 5322 §3.6 (the table's "max number" 1) and
+#: RFC 2045 §4, §5, §6 (one MIME-Version, Content-Type, Content-Transfer-Encoding per entity).
+#: A second one is what a CRLF smuggled into a form field turns into ("Subject: hi\r\nTo:
+#: victim@..."): refused, never guessed at (RFC 3463 X.6.0).
+SINGLE_FIELDS: Final = frozenset({
+    b"date", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"message-id",
+    b"in-reply-to", b"references", b"subject",
+    b"mime-version", b"content-type", b"content-transfer-encoding",
+})
+#: Removed before relaying, as Postfix's cleanup does by default (``message_drop_headers``):
+#: RFC 5322 §3.6.3 lets the submission server remove Bcc so blind recipients stay blind.
+DROPPED_FIELDS: Final = frozenset({b"bcc", b"resent-bcc"})
+
+
+def duplicate_field_reply(name: bytes) -> Reply:
+    """``550 5.6.0`` naming the repeated field."""
+    label = name.decode("ascii", "replace")[:64]
+    return Reply(code=550, status="5.6.0",
+                 text=f"Header field {label} appears more than once (RFC 5322 section 3.6)")
 
 _LINE_END: Final = re.compile(rb"\r\n|\r|\n")
 _KEY_SUFFIXES: Final = (".pem", ".key", ".der")
@@ -264,6 +288,23 @@ class SubmissionSigner:
         if len(header) > limits.MESSAGE_HEADER_MAX:
             raise LimitExceeded("header section too large", limit="MESSAGE_HEADER_MAX")
         headers = parse_headers(header)
+        seen: set[bytes] = set()
+        for item in headers:
+            lname = item.key.strip()
+            if lname in SINGLE_FIELDS and lname != b"from":  # From: FROM_UNREADABLE below
+                if lname in seen:
+                    return SubmissionOutcome(message=message, reply=duplicate_field_reply(
+                        item.name.strip()), reason=f"duplicate {lname.decode('ascii')} field")
+                seen.add(lname)
+        dropped = [item for item in headers if item.key.strip() in DROPPED_FIELDS]
+        if dropped and end is not None:
+            kept = header
+            for item in dropped:
+                kept = kept.replace(item.raw, b"", 1)
+            data = kept + data[end:]
+            end = len(kept)
+            header = kept
+            repairs += ("Bcc removed",)
         froms = headers.get_all("From")
         addresses = from_addresses(froms[0].value) if len(froms) == 1 else None
         if addresses is None:

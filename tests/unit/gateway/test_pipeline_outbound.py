@@ -279,3 +279,39 @@ def test_bad_policy_config_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(BASE + '[policy]\nquarantine_folder = "../x"\n', base_dir=tmp_path)
     assert info.value.key == "policy.quarantine_folder"
+
+
+@pytest.mark.parametrize("extra", [
+    b"To: victim@evil.example\r\n", b"Subject: second\r\n", b"Date: Sun, 29 Nov 2026 00:00:00 Z\r\n",
+    b"cc: a@x.example\r\nCC: b@x.example\r\n", b"Content-Type: text/html\r\n"
+    b"Content-Type: text/plain\r\n", b"Reply-To: a@x.example\r\nreply-to: b@x.example\r\n",
+])
+async def test_a_field_allowed_once_appearing_twice_is_refused(extra: bytes) -> None:
+    # What "Subject: hi\r\nTo: victim@..." typed into a form becomes (RFC 5322 §3.6 table).
+    message = MSG.replace(b"Subject: hi\r\n", b"Subject: hi\r\n" + extra)
+    out = await signer().prepare(message, user=USER)
+    assert not out.ok
+    assert out.reply is not None
+    assert (out.reply.code, out.reply.status) == (550, "5.6.0")
+    assert "more than once" in out.reply.text
+
+
+async def test_resent_blocks_may_repeat() -> None:
+    resent = (b"Resent-From: alice@example.org\r\nResent-To: a@x.example\r\n"
+              b"Resent-From: alice@example.org\r\nResent-To: b@x.example\r\n")
+    out = await signer().prepare(resent + MSG, user=USER)
+    assert out.ok
+
+
+async def test_bcc_is_removed_before_signing() -> None:
+    message = MSG.replace(b"Subject: hi\r\n", b"Subject: hi\r\nBcc: hidden@x.example,\r\n"
+                          b" other@x.example\r\nResent-Bcc: r@x.example\r\n")
+    out = await signer().prepare(message, user=USER)
+    assert out.ok
+    assert b"hidden@x.example" not in out.message
+    assert b"other@x.example" not in out.message
+    assert b"r@x.example" not in out.message
+    assert "Bcc removed" in out.repairs
+    assert out.message.endswith(MSG)  # everything else exactly as submitted
+    d = dkim.DKIM(out.message)
+    assert d.verify(idx=0, dnsfunc=lookup)
