@@ -258,6 +258,11 @@ class DeliveryQueue:
         self._wake = asyncio.Event()
 
     # --- producing ----------------------------------------------------------------------------
+    def wake(self) -> None:
+        """New rows are in the store (queued by another writer, e.g. group-committed intake):
+        idle workers claim now instead of at their next poll."""
+        self._wake.set()
+
     async def enqueue(self, spool_id: SpoolID, envelope: Envelope,
                       route: Router | str) -> list[int]:
         """Queue one row per recipient; call after the spool commit returned."""

@@ -302,7 +302,7 @@ class Runtime:
                 lease=delivery.lease, per_destination=delivery.per_destination,
                 hostname=config.server.hostname, dsn_route=router)
             # DeliveryQueue has no public wake(); its own enqueue() sets this event too.
-            intake = Intake(store, router, clock=clock, on_commit=queue._wake.set)
+            intake = Intake(store, router, clock=clock, on_commit=queue.wake)
             inbound = inbound_from_config(config, resolver=resolver, clock=clock)
             signer = submission_from_config(config, clock=clock, resolver=resolver)
         except BaseException:
