@@ -320,3 +320,21 @@ def test_validate_names_a_key_file_the_workers_could_not_load(tmp_path: Path) ->
         validate(config)
     assert info.value.key == "dkim_signing.keys[0].key"
     validate(make_config(tmp_path))  # nothing to load: fine
+
+
+async def test_refused_verdicts_share_the_group_commit_and_queue_nothing(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "q.db")
+    try:
+        intake = Intake(store, _route)
+        sid = "20261129T002100-refused0"
+        await asyncio.gather(
+            intake.refused(Verdict(spool_id=sid, received_at=1.0, disposition="reject")),
+            intake.accept("M001", envelope("r@x.test"), None))
+        got = await store.get_verdict(sid)
+        assert got is not None
+        assert got.disposition == "reject"
+        assert await store.list_deliveries(spool_id=sid) == []
+        assert len(await store.list_deliveries(limit=10)) == 1
+        assert intake.transactions == 1
+    finally:
+        await store.close()

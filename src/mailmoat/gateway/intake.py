@@ -83,6 +83,15 @@ class Intake:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         await done
 
+    async def refused(self, verdict: Verdict) -> None:
+        """Store the verdict of a message the policy refused (no delivery rows), in the next
+        group transaction; return once that transaction committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(items=[], verdict=verdict, done=done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await done
+
     async def drain(self) -> None:
         """Wait until every accepted call so far has been committed (or has failed)."""
         while self._flusher is not None and not self._flusher.done():

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -73,7 +72,6 @@ from mailmoat.gateway.pipeline import (
 from mailmoat.gateway.posture import address_resolver
 from mailmoat.gateway.queue import DeliveryQueue, RecoverReport, RetryPolicy, Router
 from mailmoat.gateway.relay import RelayPolicy, normalize_domain
-from mailmoat.gateway.session import GatewayContext
 from mailmoat.net.dns import DNSResolver
 from mailmoat.net.fetch import Fetcher
 from mailmoat.net.mtasts import MTASTSClient, PersistentPolicyCache
@@ -128,7 +126,6 @@ class ApiServer(Protocol):
 #: :func:`mailmoat.web.submit.start_from_config` (layer L5; the gateway may not import it).
 ApiFactory = Callable[[Config, Spool], Awaitable[ApiServer | None]]
 
-_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(GatewayContext))
 
 
 # --- routing ------------------------------------------------------------------------------------
@@ -263,7 +260,6 @@ class Runtime:
         self._api_spool: _AcceptingSpool | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._later: set[asyncio.Task[None]] = set()
         self._known: set[str] = set()  # spool IDs seen with rows (the sweep skips them)
 
     @classmethod
@@ -315,28 +311,13 @@ class Runtime:
     # --- what the sessions get --------------------------------------------------------------
     def context_fields(self, role: str) -> dict[str, Any]:
         """Keyword arguments for :class:`GatewayContext` of a listener with ``role``."""
-        out: dict[str, Any] = {}
-        if "accept" in _CONTEXT_FIELDS:
-            out["accept"] = self.intake.accept
-        else:  # a session without the accept hook: queue right after the commit
-            out["on_message"] = self._accept_later
-        if role == "mx" and "inbound" in _CONTEXT_FIELDS:
+        out: dict[str, Any] = {"accept": self.intake.accept}
+        if role == "mx":
             out["inbound"] = self.inbound
-        if role == "submission" and "signer" in _CONTEXT_FIELDS:
+            out["refused"] = self.intake.refused
+        if role == "submission":
             out["signer"] = self.signer
         return out
-
-    def _accept_later(self, spool_id: str, envelope: Envelope) -> None:
-        task = asyncio.get_running_loop().create_task(self.intake.accept(spool_id, envelope,
-                                                                         None))
-        self._later.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._later.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("queueing %s failed (%s); the sweep will queue it", spool_id,
-                          t.exception())
-        task.add_done_callback(done)
 
     # --- running ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -419,8 +400,6 @@ class Runtime:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("stop: %r", task.exception())
-        if self._later:
-            await asyncio.gather(*self._later, return_exceptions=True)
         await self.intake.drain()
         if self._api_spool is not None:
             await self._api_spool.aclose()

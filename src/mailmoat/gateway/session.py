@@ -144,6 +144,11 @@ class GatewayContext:
     #: verdict row or None): queues the deliveries, stores the verdict. A failure is logged
     #: and the answer is still 250 (the message is durable in the spool).
     accept: Callable[[str, Envelope, Verdict | None], Awaitable[None]] | None = None
+    #: awaited with the verdict row of a message the inbound policy refused (keyed by the
+    #: spool ID it would have had; nothing else is kept) before the 5xx: DMARC aggregate
+    #: reports count rejected mail too (RFC 7489 Appendix C, disposition "reject").
+    #: A failure is logged; the refusal stands.
+    refused: Callable[[Verdict], Awaitable[None]] | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -449,6 +454,15 @@ class Session:
             _log("message", self.info, id=writer.id, size=size, result="reject",
                  reply=f"{reply.code} {reply.status}", action=verdict.action.value,
                  reasons="; ".join(verdict.reasons))
+            refused = self.ctx.refused
+            if refused is not None:
+                refused_row = verdict.record(spool_id=writer.id, envelope=self._envelope(
+                    mail, rcpts, received_at), size=size)
+                try:
+                    await refused(refused_row)
+                except Exception as exc:
+                    log.error("recording the refused message's verdict failed id=%s "
+                              "error=%r", writer.id, exc)
             return reply
         quarantined = verdict.quarantined
         envelope = self._envelope(

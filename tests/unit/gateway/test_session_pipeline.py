@@ -246,6 +246,44 @@ async def test_dmarc_reject_is_550_and_nothing_is_kept(tmp_path: Path,
     assert (await driver.cmd(b"NOOP")).startswith(b"250")
 
 
+async def test_refused_message_leaves_its_verdict_for_aggregate_reports(tmp_path: Path) -> None:
+    # RFC 7489 Appendix C: aggregate reports count what was rejected (disposition "reject").
+    ctx, accepted = mx_context(tmp_path)
+    rows: list[Verdict] = []
+
+    async def refused(row: Verdict) -> None:
+        rows.append(row)
+
+    ctx.refused = refused
+    driver = Driver(ctx)
+    await driver.envelope(b"alice@reject.test")
+    reply = await driver.data(message("alice@reject.test"))
+    assert reply.startswith(b"550 5.7.1 "), reply
+    assert ctx.spool.list() == []
+    assert accepted.calls == []
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.disposition, row.dmarc_result, row.dmarc_policy) == ("reject", "fail", "reject")
+    assert row.header_from == "reject.test"
+    assert row.mail_from == "alice@reject.test"
+
+
+async def test_a_failing_verdict_store_does_not_turn_a_refusal_into_acceptance(
+        tmp_path: Path) -> None:
+    ctx, accepted = mx_context(tmp_path)
+
+    async def refused(row: Verdict) -> None:
+        raise RuntimeError("store down")
+
+    ctx.refused = refused
+    driver = Driver(ctx)
+    await driver.envelope(b"alice@reject.test")
+    reply = await driver.data(message("alice@reject.test"))
+    assert reply.startswith(b"550 5.7.1 "), reply
+    assert ctx.spool.list() == []
+    assert accepted.calls == []
+
+
 async def test_dmarc_reject_over_bdat(tmp_path: Path) -> None:
     ctx, accepted = mx_context(tmp_path)
     driver = Driver(ctx)
