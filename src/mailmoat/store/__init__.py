@@ -49,11 +49,11 @@ identifier grammar.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from mailmoat.errors import StoreError
 from mailmoat.store._build import verdict_from_authentication
-from mailmoat.store._postgres import PostgresStore
 from mailmoat.store._schema import LATEST as SCHEMA_VERSION
 from mailmoat.store._sqlite import SQLiteStore
 from mailmoat.store._types import (
@@ -76,6 +76,18 @@ from mailmoat.store._types import (
     TLSSession,
     Verdict,
 )
+
+if TYPE_CHECKING:
+    from mailmoat.store._postgres import PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    # psycopg is imported only when PostgreSQL is used (it costs ~0.3 s at every start).
+    if name == "PostgresStore":
+        from mailmoat.store._postgres import PostgresStore
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FINAL_STATES",
@@ -114,6 +126,8 @@ async def open_store(url: str | Path) -> Store:
         schema = query.pop("schema", ["public"])[0]
         rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
         conninfo = parts._replace(query=rest).geturl()
+        from mailmoat.store._postgres import PostgresStore
+
         return await PostgresStore.open(conninfo, schema=schema)
     if text.startswith("sqlite:"):
         path = text.removeprefix("sqlite:")

@@ -61,3 +61,14 @@ async def test_postgres_url_with_schema() -> None:
     finally:
         await store.close()
         await drop_schema(schema)
+
+
+def test_sqlite_users_do_not_pay_for_psycopg() -> None:
+    # `mailmoat serve` on embedded defaults never touches PostgreSQL: psycopg stays unimported.
+    import subprocess
+    import sys
+
+    code = ("import sys, mailmoat.gateway.server, mailmoat.gateway.runtime, mailmoat.store; "
+            "assert 'psycopg' not in sys.modules, 'psycopg imported'; "
+            "from mailmoat.store import PostgresStore; assert 'psycopg' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
