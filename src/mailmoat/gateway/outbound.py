@@ -21,7 +21,10 @@ The order of work (RFC 5321 §5.1 and the policies of :mod:`mailmoat.auth.tlspol
 1. MX lookup. Preference order, equal preferences shuffled (``rng``); no MX: the implicit MX
    (the domain itself); a null MX (RFC 7505) bounces with ``556 5.1.10``; a domain that does
    not exist bounces (``550 5.1.2``); a DNS failure defers (``451 4.4.3``) - a temperror never
-   bounces.
+   bounces. An address literal (``user@[192.0.2.1]``, ``user@[IPv6:2001:db8::1]``, RFC 5321
+   §4.1.3) is that address: no MX, no MTA-STS (a policy needs a domain), no DANE
+   (RFC 7672 §2.2 looks TLSA up by MX name), opportunistic STARTTLS; a malformed literal
+   bounces (``550 5.1.3``).
 2. MTA-STS policy for the domain (:class:`~mailmoat.net.mtasts.MTASTSClient`), if configured.
 3. For each MX: A then AAAA addresses (an MX that is a CNAME is followed by the resolver), the
    TLSA RRset ``_25._tcp.<mx>`` when DANE is enabled and the host's addresses are
@@ -476,39 +479,21 @@ class Outbound:
         """Deliver ``message`` to ``rcpt_to`` (all at ``domain``) through its MX hosts."""
         name = domain.lower().rstrip(".")
         run = _Run(domain=name, requiretls=requiretls)
-        try:
-            answer = await self.resolver.resolve(name, RRType.MX)
-        except NoData:
-            # RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated as
-            # if it was associated with an implicit MX RR, with a preference of 0, pointing to
-            # that host."
-            hosts: tuple[str, ...] = (name,)
-            mx_secure = False  # decided by the address answer below
+        literal = name.startswith("[")
+        if literal:
+            try:
+                hosts: tuple[str, ...] = (_address_literal(name),)
+            except ValueError as exc:
+                return self._final(run, "bounced", 550, "5.1.3", f"{name}: {exc}",
+                                   stage="dns")
+            mx_secure = False
             implicit = True
-        except NXDomain:
-            return self._final(run, "bounced", 550, "5.1.2",
-                               f"{name}: no such domain (NXDOMAIN)", stage="dns")
-        except DNSTemporaryError as exc:
-            # A temperror is never a bounce: the queue retries.
-            return self._final(run, "deferred", 451, "4.4.3",
-                               f"{name}: DNS failure looking up MX: {exc}", stage="dns")
-        except DNSError as exc:
-            return self._final(run, "deferred", 451, "4.4.3",
-                               f"{name}: unusable MX answer: {exc}", stage="dns")
         else:
-            records = [r for r in answer.records if isinstance(r, MX)]
-            if is_null_mx(records):
-                # RFC 7505 §4.1: do not attempt delivery; §4.2 / RFC 3463 (RFC 7505 §5):
-                # "556 5.1.10 Recipient address has null MX".
-                return self._final(run, "bounced", 556, "5.1.10",
-                                   f"{name} accepts no mail (null MX, RFC 7505)", stage="dns")
-            hosts = order_mx(records, self.rng)
-            mx_secure = answer.authenticated
-            implicit = False
-            if not hosts:
-                return self._final(run, "deferred", 451, "4.4.3",
-                                   f"{name}: MX answer lists no usable host", stage="dns")
-        policy = await self._sts_policy(name)
+            found = await self._mx_hosts(run, name)
+            if isinstance(found, DomainDelivery):
+                return found
+            hosts, mx_secure, implicit = found
+        policy = None if literal else await self._sts_policy(name)
         run.sts = policy
         saw_address = False
         for host in hosts:
@@ -554,6 +539,40 @@ class Outbound:
                                f"{name} has no MX and no address record", stage="dns")
         return self._give_up(run)
 
+    async def _mx_hosts(self, run: _Run, name: str
+                        ) -> tuple[tuple[str, ...], bool, bool] | DomainDelivery:
+        """The MX hosts of ``name`` in order, whether the MX answer was authenticated, and
+        whether they are the implicit MX; or the final outcome (null MX, NXDOMAIN, DNS
+        failure)."""
+        try:
+            answer = await self.resolver.resolve(name, RRType.MX)
+        except NoData:
+            # RFC 5321 §5.1: "If an empty list of MXs is returned, the address is treated as
+            # if it was associated with an implicit MX RR, with a preference of 0, pointing to
+            # that host." (mx_secure is decided by the address answer.)
+            return (name,), False, True
+        except NXDomain:
+            return self._final(run, "bounced", 550, "5.1.2",
+                               f"{name}: no such domain (NXDOMAIN)", stage="dns")
+        except DNSTemporaryError as exc:
+            # A temperror is never a bounce: the queue retries.
+            return self._final(run, "deferred", 451, "4.4.3",
+                               f"{name}: DNS failure looking up MX: {exc}", stage="dns")
+        except DNSError as exc:
+            return self._final(run, "deferred", 451, "4.4.3",
+                               f"{name}: unusable MX answer: {exc}", stage="dns")
+        records = [r for r in answer.records if isinstance(r, MX)]
+        if is_null_mx(records):
+            # RFC 7505 §4.1: do not attempt delivery; §4.2 / RFC 3463 (RFC 7505 §5):
+            # "556 5.1.10 Recipient address has null MX".
+            return self._final(run, "bounced", 556, "5.1.10",
+                               f"{name} accepts no mail (null MX, RFC 7505)", stage="dns")
+        hosts = order_mx(records, self.rng)
+        if not hosts:
+            return self._final(run, "deferred", 451, "4.4.3",
+                               f"{name}: MX answer lists no usable host", stage="dns")
+        return hosts, answer.authenticated, False
+
     async def _sts_policy(self, domain: str) -> Policy | None:
         if self.mtasts is None:
             return None
@@ -568,6 +587,8 @@ class Outbound:
         """A then AAAA addresses of ``host`` (RFC 5321 §5.1), whether every answer was
         DNSSEC-authenticated, the DNS failure when none could be found, and the name CNAMEs
         led to (``host`` without CNAME)."""
+        if _is_ip(host):  # an address literal's address: nothing to look up
+            return [host], False, None, host
         found: list[str] = []
         secure = True
         temporary: str | None = None
@@ -790,3 +811,28 @@ def _failure_of(err: SendError, plan: HostPlan) -> ResultType | None:
         return ResultType.VALIDATION_FAILURE
     del plan
     return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _address_literal(domain: str) -> str:
+    """The address of an RFC 5321 §4.1.3 address literal: ``[192.0.2.1]`` or
+    ``[IPv6:2001:db8::1]`` (a General-address-literal tag other than IPv6 is not usable)."""
+    inner = domain[1:-1] if domain.endswith("]") else None
+    if not inner:
+        raise ValueError("malformed address literal")
+    if inner.lower().startswith("ipv6:"):
+        try:
+            return str(ipaddress.IPv6Address(inner[5:]))
+        except ValueError:
+            raise ValueError("malformed IPv6 address literal") from None
+    try:
+        return str(ipaddress.IPv4Address(inner))
+    except ValueError:
+        raise ValueError("malformed or unsupported address literal") from None

@@ -884,3 +884,39 @@ async def test_tls_record_sessions_reach_the_store_once(tmp_path: Path) -> None:
             ("certificate-host-mismatch", "mx1.example.net", 1)]
     finally:
         await store.close()
+
+
+# --- address literals (RFC 5321 §4.1.3) -----------------------------------------------------------
+class _NoDNS(FakeResolver):
+    async def resolve(self, name, rrtype):  # type: ignore[no-untyped-def, override]
+        raise AssertionError(f"no DNS question expected, got {name} {rrtype}")
+
+
+class _CountingPolicies(StaticPolicies):
+    asked: int = 0
+
+    async def policy_for(self, domain: str) -> PolicyOutcome:
+        self.asked += 1
+        return await super().policy_for(domain)
+
+
+@pytest.mark.parametrize(("literal", "address"), [
+    ("[192.0.2.9]", "192.0.2.9"), ("[IPv6:2001:DB8::9]", "2001:db8::9")])
+async def test_an_address_literal_is_delivered_to_that_address(literal: str,
+                                                               address: str) -> None:
+    policies = _CountingPolicies(policy=None)
+    outbound, transport = _outbound(_NoDNS(), {address: FakeServer()}, mtasts=policies)
+    result = await _send(outbound, literal, rcpt=(f"b@{literal}",))
+    assert result.status == "delivered"
+    assert [r.address for r in transport.requests] == [address]
+    assert transport.requests[0].starttls == "opportunistic"
+    assert policies.asked == 0  # MTA-STS needs a domain name
+
+
+@pytest.mark.parametrize("literal", ["[]", "[300.1.2.3]", "[IPv6:nonsense]", "[tag:value]",
+                                     "[192.0.2.1"])
+async def test_a_malformed_address_literal_bounces(literal: str) -> None:
+    outbound, transport = _outbound(_NoDNS(), {})
+    result = await _send(outbound, literal, rcpt=(f"b@{literal}",))
+    assert result.status == "bounced"
+    assert transport.requests == []
