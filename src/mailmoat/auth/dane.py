@@ -49,7 +49,7 @@ from cryptography.x509.oid import NameOID
 
 from mailmoat import limits
 from mailmoat.errors import DNSError
-from mailmoat.resolver import TLSA, NoData, NXDomain, Resolver, RRType
+from mailmoat.resolver import TLSA, NoData, NXDomain, Resolver, RRType, is_ip_address
 
 __all__ = [
     "DANEResult",
@@ -286,7 +286,7 @@ def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
     if san is not None:
         names = [n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName)]
         names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    if not any(not _is_ip(n) for n in names):
+    if not any(not is_ip_address(n) for n in names):
         try:
             names += [str(a.value).lower().rstrip(".")
                       for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
@@ -294,13 +294,6 @@ def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
             pass
     return tuple(dict.fromkeys(names))
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def name_matches(presented: str, reference: str) -> bool:
@@ -313,7 +306,7 @@ def name_matches(presented: str, reference: str) -> bool:
     reference = reference.lower().rstrip(".").strip("[]")
     if not presented or not reference:
         return False
-    if _is_ip(reference) or _is_ip(presented):
+    if is_ip_address(reference) or is_ip_address(presented):
         try:
             return ipaddress.ip_address(presented) == ipaddress.ip_address(reference)
         except ValueError:

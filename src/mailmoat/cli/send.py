@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
-import ipaddress
 import json
 import os
 import re
@@ -72,6 +71,7 @@ from mailmoat.net.smtp_client import (
     send_message_sync,
     send_to_domain,
 )
+from mailmoat.resolver import is_ip_address
 from mailmoat.smtp.replies import Reply
 
 __all__ = ["send"]
@@ -198,7 +198,7 @@ def _print_session(console: Console, session: SessionInfo, failed: str | None = 
     else:
         row("TLS", f"{tls.version}, cipher {tls.cipher} ({tls.bits} bits)", "green")
         name = tls.server_name or "-"
-        if _is_ip(name):
+        if is_ip_address(name):
             name += " (an IP address: checked, not sent as SNI)"
         row("Name (SNI)", name)
         row("Certificate", f"subject {tls.subject or '-'}")
@@ -216,13 +216,6 @@ def _print_session(console: Console, session: SessionInfo, failed: str | None = 
     if session.auth_mechanism is not None:
         row("AUTH", f"{session.auth_mechanism}: {_reply_text(session.auth_reply)}")
 
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _print_result(console: Console, result: SendResult) -> None:

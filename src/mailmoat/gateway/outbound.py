@@ -94,7 +94,7 @@ from mailmoat.net.smtp_client import (
     check_envelope,
     send_message,
 )
-from mailmoat.resolver import MX, TLSA, NoData, NXDomain, Resolver, RRType
+from mailmoat.resolver import MX, TLSA, NoData, NXDomain, Resolver, RRType, is_ip_address
 from mailmoat.smtp.replies import Reply
 from mailmoat.store import TLSPolicyType, TLSRecord, TLSSession
 
@@ -587,7 +587,7 @@ class Outbound:
         """A then AAAA addresses of ``host`` (RFC 5321 §5.1), whether every answer was
         DNSSEC-authenticated, the DNS failure when none could be found, and the name CNAMEs
         led to (``host`` without CNAME)."""
-        if _is_ip(host):  # an address literal's address: nothing to look up
+        if is_ip_address(host):  # an address literal's address: nothing to look up
             return [host], False, None, host
         found: list[str] = []
         secure = True
@@ -812,13 +812,6 @@ def _failure_of(err: SendError, plan: HostPlan) -> ResultType | None:
     del plan
     return None
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _address_literal(domain: str) -> str:

@@ -67,7 +67,7 @@ from mailmoat.net.fetch import Fetcher
 from mailmoat.net.mtasts import MTASTSClient
 from mailmoat.net.smtp_client import check_certificate
 from mailmoat.net.tls import peer_chain
-from mailmoat.resolver import Resolver
+from mailmoat.resolver import Resolver, is_ip_address
 from mailmoat.smtp.client import ClientConnection, ClientEvent, CommandReply, EhloResponse
 from mailmoat.smtp.replies import Reply
 
@@ -275,15 +275,8 @@ def parse_target(target: str, default_port: int = 25) -> tuple[str, int]:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ProbeError(f"bad port {port_text!r}")
         port = int(port_text)
-    return host.rstrip(".") if not _is_ip(host) else host, port
+    return host.rstrip(".") if not is_ip_address(host) else host, port
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # --- certificates ------------------------------------------------------------------------------
@@ -724,7 +717,7 @@ async def probe(
     if mode not in ("starttls", "implicit-tls"):
         raise ProbeError(f"mode must be starttls or implicit-tls, not {mode!r}")
     connect_host = host.strip("[]")
-    name = server_name or (None if _is_ip(connect_host) else host)
+    name = server_name or (None if is_ip_address(connect_host) else host)
     helo_name = helo or _default_helo()
     check = ClientConnection()
     check.receive_data(b"220 x\r\n")
@@ -755,7 +748,7 @@ async def probe(
     dane_result: DANEResult | None = None
     dane_name: str | None = None
     moment = now or datetime.datetime.now(datetime.UTC)
-    if dane and resolver is not None and name is not None and not _is_ip(name):
+    if dane and resolver is not None and name is not None and not is_ip_address(name):
         lookup = await lookup_tlsa(resolver, name, port)
         dane_name = lookup.name
         dane_result = evaluate(lookup, chain if out.get("tls_version") else None, hostname=name,

@@ -7,7 +7,7 @@ here). :class:`BudgetedResolver` caps the questions one evaluation may ask;
 """
 
 from mailmoat.resolver._budget import BudgetedResolver, QueryBudgetExceeded
-from mailmoat.resolver._names import name_labels, normalize_name
+from mailmoat.resolver._names import is_ip_address, name_labels, normalize_name
 from mailmoat.resolver._types import (
     MX,
     TLSA,
@@ -38,6 +38,7 @@ __all__ = [
     "RRType",
     "Record",
     "Resolver",
+    "is_ip_address",
     "name_labels",
     "normalize_name",
 ]

@@ -13,10 +13,12 @@ pass A-labels. Backslash is an ordinary octet here, never an escape.
 
 from __future__ import annotations
 
+import ipaddress
+
 from mailmoat import limits
 from mailmoat.errors import DNSPermanentError
 
-__all__ = ["name_labels", "normalize_name"]
+__all__ = ["is_ip_address", "name_labels", "normalize_name"]
 
 #: The longest name without its root dot: the wire form adds a length octet before the first
 #: label and the root octet at the end (RFC 1035 §2.3.4, §3.1), so len + 2 <= DNS_NAME_MAX.
@@ -82,3 +84,12 @@ def name_labels(name: str) -> tuple[bytes, ...]:
     if not normal:
         return (b"",)
     return (*normal.encode("utf-8").split(b"."), b"")
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (not a name: no DNS question, no SNI)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
