@@ -227,6 +227,9 @@ class DomainDelivery:
     #: Names this delivery's sessions in the TLS-RPT log (each kept once however many
     #: recipient rows record them).
     id: str = field(default_factory=lambda: secrets.token_hex(12))
+    #: The domain announces MTA-STS (TXT record) but its policy could not be fetched or did
+    #: not parse, and no cached policy applied: (RFC 8460 §4.3.2.2 result type, reason).
+    sts_failure: tuple[ResultType, str] | None = None
 
     @property
     def last(self) -> Attempt | None:
@@ -251,6 +254,11 @@ class DomainDelivery:
         record = last.tls_record() if last else TLSRecord(policy=PolicyKind.NONE.value)
         sessions = tuple(a.tls_session(id=f"{self.id}-{i}", domain=self.domain)
                          for i, a in enumerate(self.attempts))
+        if self.sts_failure is not None:
+            kind, reason = self.sts_failure
+            sessions += (TLSSession(id=f"{self.id}-sts", policy_type="sts",
+                                    policy_domain=self.domain, result_type=kind.value,
+                                    success=False, reason=reason[:300]),)
         return replace(record, sessions=sessions)
 
 
@@ -371,6 +379,7 @@ class _Run:
     last_error: SendError | None = None
     tried: int = 0
     sts: Policy | None = None  # the MTA-STS policy in force for the domain
+    sts_failure: tuple[ResultType, str] | None = None  # see DomainDelivery.sts_failure
 
     def report_policy(self, plan: HostPlan | None) -> Attempt:
         """An attempt template carrying the policy as TLS-RPT names it (RFC 8460 §4.4):
@@ -493,7 +502,7 @@ class Outbound:
             if isinstance(found, DomainDelivery):
                 return found
             hosts, mx_secure, implicit = found
-        policy = None if literal else await self._sts_policy(name)
+        policy = None if literal else await self._sts_policy(run, name)
         run.sts = policy
         saw_address = False
         for host in hosts:
@@ -573,7 +582,7 @@ class Outbound:
                                f"{name}: MX answer lists no usable host", stage="dns")
         return hosts, answer.authenticated, False
 
-    async def _sts_policy(self, domain: str) -> Policy | None:
+    async def _sts_policy(self, run: _Run, domain: str) -> Policy | None:
         if self.mtasts is None:
             return None
         try:
@@ -581,6 +590,12 @@ class Outbound:
         except Exception as exc:  # a broken fetcher must not stop delivery: no policy
             log.warning("outbound %s: MTA-STS policy lookup failed: %s", domain, exc)
             return None
+        fetch = outcome.fetch
+        if outcome.policy is None and fetch is not None and fetch.error is not None:
+            # RFC 8460 §4.3.2.2: the TXT record announced a policy we could not use.
+            kind = (ResultType.STS_POLICY_INVALID if fetch.error_kind == "syntax"
+                    else ResultType.STS_POLICY_FETCH_ERROR)
+            run.sts_failure = (kind, f"{fetch.url}: {fetch.error}")
         return outcome.policy
 
     async def _addresses(self, host: str) -> tuple[list[str], bool, str | None, str]:
@@ -704,7 +719,8 @@ class Outbound:
                          reply=err.reply)
             status: Status = "deferred" if err.temporary else "bounced"
             return DomainDelivery(domain=run.domain, status=status, reply=err.reply,
-                                  reason=str(err), attempts=tuple(run.attempts), error=err)
+                                  reason=str(err), attempts=tuple(run.attempts),
+                                  sts_failure=run.sts_failure, error=err)
         verdict_report = _testing_report(plan, result.session)
         attempt = replace(_with_session(base, result.session, plan), gate_passed=True)
         if plan.verification is Verification.DANE:
@@ -713,7 +729,8 @@ class Outbound:
                      temporary=False, reason=plan.reason, reply=result.final_reply)
         return DomainDelivery(domain=run.domain, status="delivered", reply=result.final_reply,
                               reason=f"delivered to {plan.mx} ({plan.policy.value})",
-                              attempts=tuple(run.attempts), result=result)
+                              attempts=tuple(run.attempts), sts_failure=run.sts_failure,
+                              result=result)
 
     def _record(self, run: _Run, attempt: Attempt, *, outcome: AttemptOutcome = "failed",
                 failure: ResultType | None, temporary: bool, reason: str,
@@ -736,7 +753,8 @@ class Outbound:
                           reply=reply)
         log.info("outbound %s: %s: %s %s %s", run.domain, status, code, enhanced, text)
         return DomainDelivery(domain=run.domain, status=status, reply=reply, reason=text,
-                              attempts=tuple(run.attempts), error=error)
+                              attempts=tuple(run.attempts), sts_failure=run.sts_failure,
+                              error=error)
 
     def _give_up(self, run: _Run) -> DomainDelivery:
         """No MX took the message. Permanent only when every host failed for a permanent

@@ -920,3 +920,42 @@ async def test_a_malformed_address_literal_bounces(literal: str) -> None:
     result = await _send(outbound, literal, rcpt=(f"b@{literal}",))
     assert result.status == "bounced"
     assert transport.requests == []
+
+
+# --- MTA-STS policy trouble as TLS-RPT sees it (RFC 8460 §4.3.2.2) ---------------------------------
+@dataclass
+class _BrokenPolicy:
+    error_kind: str
+
+    async def policy_for(self, domain: str) -> PolicyOutcome:
+        from mailmoat.net.mtasts import PolicyFetch
+
+        url = f"https://mta-sts.{domain}/.well-known/mta-sts.txt"
+        return PolicyOutcome(domain=domain, policy=None, source="none",
+                             lookup=RecordLookup(domain=domain, status=RecordStatus.FOUND),
+                             fetch=PolicyFetch(url=url, error="HTTP 404" if self.error_kind ==
+                                               "http" else "no version field",
+                                               error_kind=self.error_kind))
+
+
+@pytest.mark.parametrize(("kind", "result_type"), [
+    ("http", "sts-policy-fetch-error"), ("syntax", "sts-policy-invalid")])
+async def test_an_unusable_mta_sts_policy_is_recorded_for_tls_reports(kind: str,
+                                                                       result_type: str) -> None:
+    outbound, _ = _outbound(_zone(), {"192.0.2.1": FakeServer()},
+                            mtasts=_BrokenPolicy(kind))
+    result = await _send(outbound)
+    assert result.status == "delivered"  # no policy in force: opportunistic delivery goes on
+    sessions = result.tls_record().sessions
+    failed = [s for s in sessions if s.success is False]
+    assert [(s.policy_type, s.result_type) for s in failed] == [("sts", result_type)]
+    assert failed[0].policy_domain == "example.net"
+    assert [s.success for s in sessions if s.mx_host == "mx1.example.net"] == [True]
+
+
+async def test_a_usable_policy_adds_no_policy_failure() -> None:
+    outbound, _ = _outbound(_zone(), {"192.0.2.1": FakeServer(names=("mx1.example.net",))},
+                            mtasts=StaticPolicies(ENFORCE))
+    result = await _send(outbound)
+    assert result.status == "delivered"
+    assert all(s.success for s in result.tls_record().sessions)

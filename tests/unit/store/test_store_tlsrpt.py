@@ -231,3 +231,20 @@ async def test_a_version_1_postgres_schema_is_migrated() -> None:
             await store.close()
     finally:
         await drop_schema(schema)
+
+
+async def test_a_policy_fetch_failure_is_counted_without_an_mx(store: Store) -> None:
+    # RFC 8460 §4.3.2.2 sts-policy-fetch-error: the TXT record announced a policy, the HTTPS
+    # fetch failed; the delivery then went on without a policy (one TLS session to b.mx).
+    await _finish(store, 100.0, (
+        TLSSession(id="H-sts", policy_type="sts", policy_domain="example.net",
+                   result_type="sts-policy-fetch-error", success=False,
+                   reason="https://mta-sts.example.net/.well-known/mta-sts.txt: HTTP 404"),
+        TLSSession(id="H-0", policy_type="no-policy-found", policy_domain="example.net",
+                   mx_host="b.mx.example.net", receiving_ip="192.0.2.2", success=True)))
+    got = {s.policy_type: s for s in await store.tls_attempts("example.net", 0.0, 1000.0)}
+    assert (got["sts"].successful, got["sts"].failed) == (0, 1)
+    [failure] = got["sts"].failures
+    assert (failure.result_type, failure.mx_host, failure.receiving_ip) == (
+        "sts-policy-fetch-error", None, None)
+    assert (got["no-policy-found"].successful, got["no-policy-found"].failed) == (1, 0)
