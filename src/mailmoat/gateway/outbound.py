@@ -443,9 +443,9 @@ class Outbound:
         self.dane_enabled = dane
         self.dane_note = "DANE enabled" if dane else "DANE disabled by configuration"
         if dane and getattr(resolver, "trust_ad", True) is False:
-            self._disable_dane("the resolver is not configured to trust the AD bit "
-                               "(DNSResolver(trust_ad=True) in front of a local validating "
-                               "resolver such as unbound)")
+            self._disable_dane("the resolver's AD bit is not trusted (set [dns] trust_ad = "
+                               "true with resolvers = a local validating resolver such as "
+                               "unbound)")
 
     def _disable_dane(self, why: str) -> None:
         self.dane_enabled = False
