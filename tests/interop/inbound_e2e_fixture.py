@@ -30,13 +30,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,11 +47,9 @@ import dns.query
 import dns.rdatatype
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from server_fixture import RunningServer
+from server_fixture import RunningServer, launch_server, make_data_dir
 
 from mailmoat.auth.dkim import key_record, txt_strings
-from mailmoat.gateway.users import UserDB
-from mailmoat.net.tls import generate_self_signed
 from mailmoat.store import Store, open_store
 
 __all__ = [
@@ -80,10 +75,8 @@ __all__ = [
     "zones",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Our gateway's host name: also the authserv-id of our Authentication-Results.
 GATEWAY_HOST = "mx.test"
-_LISTEN_RE = re.compile(r"listening on (\S+) port (\d+) mode=(\S+) role=(\S+)")
 _QUEUED_RE = re.compile(r"<~\s+250 2\.0\.0 Ok: queued as ([0-9A-Z]{26})")
 #: swaks prints every server line as "<~  CODE ..." over TLS ("<-  " in clear text), an
 #: error reply as "<~* CODE ..." ("<** CODE ..." in clear text).
@@ -199,23 +192,9 @@ def write_config(
     listeners: tuple[tuple[str, str], ...] = (("starttls", "mx"),),
     workers: int = 1,
 ) -> Path:
-    """A data directory for ``mailmoat serve``; returns the config path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    if not cert.exists():
-        generate_self_signed(cert, key, [GATEWAY_HOST, "localhost", "127.0.0.1"])
-    users = directory / "users.jsonl"
-    if not users.exists():
-        UserDB().save(users)
-    lines = ["[server]", f'hostname = "{GATEWAY_HOST}"', f"workers = {workers}", ""]
-    for mode, role in listeners:
-        lines += ["[[listener]]", 'address = "127.0.0.1"', "port = 0", f'mode = "{mode}"',
-                  f'role = "{role}"', ""]
-    lines += [
-        "[tls]", 'certificates = [ { cert = "cert.pem", key = "key.pem" } ]', "",
-        "[relay]", "local_domains = [" + ", ".join(f'"{d}"' for d in local_domains) + "]",
-        "trusted_networks = []", "",
-        "[spool]", "fsync = true", "",
+    """A data directory for ``mailmoat serve`` (:func:`server_fixture.make_data_dir`, no
+    users); returns the config path."""
+    lines = [
         "[dns]", f'resolvers = ["{dns}"]', "",
         "[policy]", f'authserv_id = "{GATEWAY_HOST}"', policy, "",
         "[delivery]",
@@ -223,42 +202,17 @@ def write_config(
     if destination is not None:
         lines.append(f'destination = "{destination}"')
     lines += [delivery, ""]
-    path = directory / "config.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return make_data_dir(directory, listeners=listeners, workers=workers,
+                         hostname=GATEWAY_HOST, local_domains=local_domains,
+                         with_user=False, extra="\n".join(lines))
 
 
 def start_gateway(config: Path, *, workers: int = 1, timeout: float = 30.0) -> RunningServer:
     """Run ``mailmoat serve --config CONFIG`` and wait for its banner (one worker: the worker
     is the process itself; see :func:`worker_pids` for more). Its log (level info) is
     appended to ``DATA/serve.log``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    log = (config.parent / "serve.log").open("ab")
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailmoat.cli.main", "serve", "--config", str(config),
-             "--workers", str(workers), "--log-level", "info", "--grace", "3"],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env,
-            cwd=ROOT,
-        )
-    finally:
-        log.close()
-    server = RunningServer(proc=proc, config=config)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            proc.wait(5)
-            raise RuntimeError(f"mailmoat serve exited ({proc.returncode}): "
-                               f"{''.join(server.output)}\n{serve_log(config)[-4000:]}")
-        server.output.append(line)
-        if match := _LISTEN_RE.search(line):
-            server.ports[(match[3], match[4])] = int(match[2])
-        if "worker(s)" in line:
-            return server
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"mailmoat serve did not start:\n{serve_log(config)[-4000:]}")
+    return launch_server(config, workers=workers, timeout=timeout, log_level="info", grace=3,
+                         log=config.parent / "serve.log")
 
 
 def worker_pids(server: RunningServer, count: int, *, timeout: float = 30.0) -> list[int]:

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +39,15 @@ import pytest
 
 from conftest import require_peer
 
-__all__ = ["KnotServer", "knot_server", "start_knot"]
+__all__ = ["Daemon", "KnotServer", "foreground", "free_port", "knot_server", "start_knot"]
 
 STARTUP_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
-class KnotServer:
+class Daemon:
+    """A DNS daemon of the tests on loopback (knotd here, unbound in :mod:`unbound_fixture`)."""
+
     host: str
     port: int
     pid: int
@@ -53,9 +55,12 @@ class KnotServer:
 
     @property
     def address(self) -> str:
-        """``HOST:PORT``, the form DNSResolver and ``--resolver`` take."""
+        """``HOST:PORT``, the form DNSResolver, ``--resolver`` and ``[dns] resolvers`` take."""
         return f"{self.host}:{self.port}"
 
+
+@dataclass(frozen=True)
+class KnotServer(Daemon):
     def __iter__(self) -> Iterator[object]:  # host, port = server
         return iter((self.host, self.port))
 
@@ -63,8 +68,8 @@ class KnotServer:
         return (self.workdir / "knotd.log").read_text(encoding="utf-8", errors="replace")
 
 
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (knotd binds both)."""
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (knotd and unbound bind both)."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.bind(("127.0.0.1", 0))
@@ -75,7 +80,7 @@ def _free_port() -> int:
                 except OSError:
                     continue
                 return port
-    raise RuntimeError("no free port for knotd")
+    raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 def _config(workdir: Path, port: int, zones: Collection[str], signed: Collection[str]) -> str:
@@ -116,6 +121,39 @@ def _ready(port: int, zones: Collection[str]) -> bool:
 
 
 @contextlib.contextmanager
+def foreground(argv: Sequence[str], log: Path, ready: Callable[[], bool], *,
+               timeout: float = STARTUP_TIMEOUT) -> Iterator[int]:
+    """Run the daemon ``argv`` in the foreground (stdout and stderr into ``log``) until
+    ``ready()`` says it serves (at most ``timeout`` s); yield its PID. At the end: SIGTERM to
+    this PID only, SIGKILL after 5 s. Shared with :mod:`unbound_fixture`."""
+    name = Path(argv[0]).name
+
+    def tail() -> str:
+        return log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not answer in {timeout}s:\n{tail()}")
+            time.sleep(0.05)
+        yield proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM to this PID only
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
 def start_knot(
     zones: Mapping[str, str], *, signed: Collection[str] = (), knotd: str | None = None,
 ) -> Iterator[KnotServer]:
@@ -132,35 +170,13 @@ def start_knot(
             (workdir / sub).mkdir()
         for name, text in zip(names, zones.values(), strict=True):
             (workdir / "zones" / f"{name}.zone").write_text(text, encoding="utf-8")
-        port = _free_port()
+        port = free_port()
         conf = workdir / "knot.conf"
         conf.write_text(_config(workdir, port, names, {s.rstrip(".").lower() for s in signed}),
                         encoding="utf-8")
-        log = (workdir / "knotd.log").open("wb")
-        proc = subprocess.Popen(
-            [knotd, "-c", str(conf), "-s", str(workdir / "run" / "knot.sock")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        server = KnotServer(host="127.0.0.1", port=port, pid=proc.pid, workdir=workdir)
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while not _ready(port, names):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"knotd exited with {proc.returncode}:\n{server.log()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"knotd did not answer in {STARTUP_TIMEOUT}s:\n"
-                                       f"{server.log()}")
-                time.sleep(0.05)
-            yield server
-        finally:
-            if proc.poll() is None:
-                proc.terminate()  # SIGTERM to this PID only
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+        argv = [knotd, "-c", str(conf), "-s", str(workdir / "run" / "knot.sock")]
+        with foreground(argv, workdir / "knotd.log", lambda: _ready(port, names)) as pid:
+            yield KnotServer(host="127.0.0.1", port=port, pid=pid, workdir=workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

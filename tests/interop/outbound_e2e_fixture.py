@@ -28,7 +28,8 @@ header section as it came (``message_drop_headers =`` and no header rewriting fo
 clients), so the Maildir copy shows what mailmoat sent, Bcc included.
 
 Composition only: :mod:`postfix_smtpd_fixture` (its MAIN_CF/MASTER_CF templates patched for
-the start, as test_outbound_peers.py does), :mod:`knot_fixture`, :mod:`server_fixture`.
+the start, as test_outbound_peers.py does), :mod:`knot_fixture`, :mod:`unbound_fixture`,
+:mod:`server_fixture`.
 Needs root (Postfix, port 443) and knotd, postfix (unbound with ``dane``; swaks, unshare and
 opendkim-testmsg in the tests); ``require_peer`` skips (or fails under
 MAILMOAT_REQUIRE_PEERS=1) without them.
@@ -38,38 +39,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import random
 import re
-import shutil
-import signal
 import socket
-import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.query
-import dns.rcode
-import dns.rdatatype
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from https_fixture import StaticHTTPS, mta_sts_files, serve_https
 from knot_fixture import KnotServer, start_knot
-from server_fixture import _LISTEN_RE, HOSTNAME, ROOT, RunningServer, make_data_dir
+from postfix_instance import free_port
+from server_fixture import HOSTNAME, ROOT, RunningServer, launch_server, make_data_dir
+from unbound_fixture import spki_sha256, start_unbound
 
 from conftest import missing, require_peer
 from mailmoat.auth.dkim import key_record, txt_strings
@@ -122,17 +113,15 @@ SELECTORS = ("rsa2048", "ed1")
 
 
 # --- ports and addresses -----------------------------------------------------------------------
-def _free_port_on(hosts: tuple[str, ...], *, udp: bool = False) -> int:
-    """A TCP port (and UDP, with ``udp``) free on every one of ``hosts`` (the one mx_port
-    all receivers share)."""
-    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+def _free_port_on(hosts: tuple[str, ...]) -> int:
+    """A TCP port free on every one of ``hosts`` (the one mx_port all receivers share)."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind((hosts[0], 0))
             port = int(probe.getsockname()[1])
         ok = True
-        for host, kind in ((h, k) for h in hosts for k in kinds):
-            with socket.socket(socket.AF_INET, kind) as sock:
+        for host in hosts:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     sock.bind((host, port))
@@ -282,50 +271,15 @@ def _write_then_greet(good: Any, wrong: Any) -> Any:
 
 
 # --- MTA-STS policy server ----------------------------------------------------------------------
-class _Policies(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        host = (self.headers.get("Host") or "").split(":")[0].lower()
-        known = {f"mta-sts.{d}" for d in STS_DOMAINS}
-        if host not in known or self.path != "/.well-known/mta-sts.txt":
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(STS_POLICY)))
-        self.end_headers()
-        self.wfile.write(STS_POLICY)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def _https_server(port: int) -> ThreadingHTTPServer:
+def _https_server(port: int) -> StaticHTTPS:
     """The policy server on ``port`` of a random 127.53.x.y where that port is free."""
+    files = mta_sts_files({f"mta-sts.{d}": STS_POLICY for d in STS_DOMAINS})
     rng = random.Random()
     for _ in range(50):
         address = f"127.53.{rng.randrange(256)}.{rng.randrange(1, 255)}"
         with contextlib.suppress(OSError):
-            return ThreadingHTTPServer((address, port), _Policies)
+            return StaticHTTPS((address, port), files)
     raise RuntimeError(f"no 127.53.x.y address with port {port} free")
-
-
-@contextlib.contextmanager
-def _https(ca: Any, server: ThreadingHTTPServer) -> Iterator[int]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*(f"mta-sts.{d}" for d in STS_DOMAINS)).configure_cert(context)
-    server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # --- DNS ----------------------------------------------------------------------------------------
@@ -333,19 +287,12 @@ def _txt(record: str) -> str:
     return " ".join(f'"{s}"' for s in txt_strings(record))
 
 
-def _spki_sha256(leaf: Any) -> str:
-    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
-
-
 def _signed_zones(port: int, leaves: dict[str, Any]) -> dict[str, str]:
     head = ("$TTL 60\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\n"
             "ns IN A 127.0.0.1\n")
     signed = head + f"mx-good IN A {GOOD}\nmx-wrong IN A {WRONG}\n" + "".join(
         f"{d.removesuffix('.' + SIGNED)} IN MX 10 {mx}.\n"
-        f"_{port}._tcp.{mx.removesuffix('.' + SIGNED)} IN TLSA 3 1 1 {_spki_sha256(leaves[key])}\n"
+        f"_{port}._tcp.{mx.removesuffix('.' + SIGNED)} IN TLSA 3 1 1 {spki_sha256(leaves[key].cert_chain_pems[0].bytes())}\n"
         for d, (mx, key) in DANE_DOMAINS.items()
     )
     return {SIGNED: signed, PROBE_ZONE: head + "@ IN A 127.0.0.1\n"}
@@ -370,75 +317,6 @@ def _zones(records: dict[str, str], https: str) -> dict[str, str]:
         f"{selector}._domainkey IN TXT {_txt(record)}\n" for selector, record in records.items()
     )
     return {ZONE: plain, HOSTNAME: local}
-
-
-@contextlib.contextmanager
-def _unbound(knot: KnotServer, zones: list[str], anchored: list[str]) -> Iterator[str]:
-    """A validating unbound in front of knot: stub zones for ``zones``, the DNSKEYs of
-    ``anchored`` (read from knot) as trust anchors. Yields ``127.0.0.1:PORT``."""
-    program = require_peer("unbound")
-    anchors = ""
-    for zone in anchored:
-        keys = dns.query.udp(dns.message.make_query(zone + ".", dns.rdatatype.DNSKEY),
-                             "127.0.0.1", port=knot.port, timeout=3)
-        anchors += "".join(rrset.to_text() + "\n" for rrset in keys.answer)
-        assert "DNSKEY" in anchors, zone
-    workdir = Path(tempfile.mkdtemp(prefix="unbound-"))
-    port = _free_port_on(("127.0.0.1",), udp=True)
-    (workdir / "anchors").write_text(anchors)
-    stubs = "".join(f'stub-zone:\n    name: "{z}"\n    stub-addr: 127.0.0.1@{knot.port}\n'
-                    for z in zones)
-    # unbound answers the special-use "test." itself (RFC 6761) unless told not to
-    locals_ = "".join(f'    local-zone: "{tld}." nodefault\n'
-                      for tld in sorted({z.rsplit(".", 1)[-1] for z in zones} & {"test"}))
-    (workdir / "unbound.conf").write_text(f"""server:
-    interface: 127.0.0.1
-    port: {port}
-    do-ip6: no
-    username: ""
-    chroot: ""
-    directory: "{workdir}"
-    pidfile: "{workdir}/unbound.pid"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    do-not-query-localhost: no
-    module-config: "validator iterator"
-    trust-anchor-file: "{workdir}/anchors"
-    qname-minimisation: no
-    access-control: 127.0.0.0/8 allow
-{locals_}{stubs}remote-control:
-    control-enable: no
-""")
-    log = (workdir / "unbound.log").open("wb")
-    proc = subprocess.Popen([program, "-d", "-c", str(workdir / "unbound.conf")],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((workdir / "unbound.log").read_text(errors="replace"))
-            query = dns.message.make_query(anchored[0] + ".", dns.rdatatype.SOA,
-                                           want_dnssec=True)
-            with contextlib.suppress(dns.exception.Timeout, OSError):
-                answer = dns.query.udp(query, "127.0.0.1", port=port, timeout=1)
-                if answer.rcode() == dns.rcode.NOERROR and answer.flags & dns.flags.AD:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("unbound did not validate:\n"
-                                   + (workdir / "unbound.log").read_text(errors="replace"))
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # this PID only
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -497,12 +375,14 @@ def start_stack(tmp: Path, *, https_port: int = 443, dane: bool = False) -> Iter
             zones, signed=(SIGNED, PROBE_ZONE) if dane else ()))
         resolver = knot.address
         if dane:
-            resolver = stack.enter_context(_unbound(knot, list(zones), [SIGNED, PROBE_ZONE]))
+            resolver = stack.enter_context(
+                start_unbound(knot.port, list(zones), [SIGNED, PROBE_ZONE])).address
         postfix = _postfix(postfix_program, leaves["good"], leaves["wrong"], port)
         stack.callback(postfix.stop)
         stack.enter_context(_aiosmtpd(RETRY, port, retry))
         stack.enter_context(_aiosmtpd(STALL, port, stall))
-        bound = stack.enter_context(_https(ca, policy_server))
+        bound = stack.enter_context(serve_https(policy_server, ca,
+                                                [f"mta-sts.{d}" for d in STS_DOMAINS]))
         yield Stack(ca=ca, cafile=cafile, knot=knot, postfix=postfix, mx_port=port,
                     retry=retry, stall=stall, keys=keys, https_port=bound,
                     resolver=resolver, trust_ad=dane)
@@ -511,12 +391,6 @@ def start_stack(tmp: Path, *, https_port: int = 443, dane: bool = False) -> Iter
 def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-
-
-def _api_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -536,7 +410,7 @@ class E2E:
         (data_dir / "dkim").mkdir(parents=True)
         for selector, key in stack.keys.items():
             (data_dir / "dkim" / f"{selector}.pem").write_bytes(_pem(key))
-        api_port = _api_port()
+        api_port = free_port()
         keys = ", ".join(f'{{ domain = "{HOSTNAME}", selector = "{s}", key = "dkim/{s}.pem" }}'
                          for s in stack.keys)
         extra = f"""
@@ -582,44 +456,15 @@ ip_burst = 100000
         assert done.returncode == 0, done.stderr + done.stdout
 
     def start(self, *, workers: int = 1, timeout: float = 30.0) -> RunningServer:
-        """``mailmoat serve`` (as server_fixture.start_server, with the log kept in a file)."""
+        """``mailmoat serve`` (:func:`server_fixture.launch_server`, with the log kept in a
+        file), its stdout drained from then on."""
         log = self.data_dir / f"serve-{len(self.restarts)}.log"
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        with log.open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mailmoat.cli.main", "serve", "--config",
-                 str(self.config), "--workers", str(workers), "--log-level", "info",
-                 "--grace", "5"],
-                stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT,
-            )
-        server = RunningServer(proc=proc, config=self.config)
+        server = launch_server(self.config, workers=workers, timeout=timeout,
+                               log_level="info", grace=5, log=log)
         self.restarts.append(server)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"serve exited early: {''.join(server.output)}\n"
-                                   f"{log.read_text(errors='replace')[-3000:]}")
-            server.output.append(line)
-            if match := _LISTEN_RE.search(line):
-                server.ports[(match[3], match[4])] = int(match[2])
-            if "worker(s)" in line:
-                break
-        else:
-            server.stop(signal.SIGKILL)
-            raise RuntimeError("serve did not start")
-        # stdout is not read any more: keep it drained (worker lines) so serve never blocks
-        threading.Thread(target=self._drain, args=(server,), daemon=True).start()
+        server.drain()  # worker lines: serve must never block on a full pipe
         self.server = server
         return server
-
-    @staticmethod
-    def _drain(server: RunningServer) -> None:
-        stdout = server.proc.stdout
-        with contextlib.suppress(ValueError, OSError):
-            while stdout is not None and (line := stdout.readline()):
-                server.output.append(line)
 
     def stop(self) -> None:
         for server in self.restarts:

@@ -7,7 +7,7 @@ waits for its greeting on a free loopback port. Postfix accepts mail from 127.0.
 ``smtp_tls_security_level = encrypt`` (RFC 3207 STARTTLS mandatory: no TLS, no delivery), logging
 the TLS parameters it negotiated (``smtp_tls_loglevel = 1``) into its own maillog -- the peer's
 independent record of the hop. ``stop()`` signals the master process by the PID in its pid file
-(only the instance we started).
+(only the instance we started); the life cycle is :class:`postfix_instance.PostfixInstance`.
 
 Needs root (Postfix's master runs as root and drops to ``mail_owner``) and the ``postfix``
 package; tests call ``require_peer("postfix")`` first.
@@ -15,17 +15,10 @@ package; tests call ``require_peer("postfix")`` first.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pwd
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
+
+from postfix_instance import PostfixInstance
 
 MASTER_CF = """\
 {listen} inet n - n - - smtpd
@@ -90,88 +83,18 @@ TLS_LOG_RE = re.compile(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PostfixRelay:
+class PostfixRelay(PostfixInstance):
     """One private Postfix instance relaying to ``[127.0.0.1]:relayhost_port``."""
 
     def __init__(self, postfix: str, *, relayhost_port: int) -> None:
-        self.postfix = postfix
+        super().__init__(postfix, prefix="mailmoat-postfix-relay-")
         self.relayhost_port = relayhost_port
-        self.port = 0
-        # Not under pytest's tmp_path: its parents are 0700 root and Postfix's unprivileged
-        # daemons must reach the queue.
-        self.base = Path(tempfile.mkdtemp(prefix="mailmoat-postfix-relay-"))
-        self.master_pid: int | None = None
 
-    @property
-    def config(self) -> Path:
-        return self.base / "etc"
-
-    def start(self, timeout: float = 30.0) -> None:
-        user = pwd.getpwnam("postfix")
-        self.base.chmod(0o755)
-        for sub in ("etc", "queue", "data"):
-            (self.base / sub).mkdir(mode=0o755)
-        os.chown(self.base / "data", user.pw_uid, user.pw_gid)
-        self.port = _free_port()
+    def write_config(self, user: pwd.struct_passwd) -> None:
         (self.config / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
         (self.config / "main.cf").write_text(
             MAIN_CF.format(base=self.base, relay_port=self.relayhost_port))
-        env = {**os.environ, "MAIL_CONFIG": str(self.config)}
-        started = subprocess.run(
-            [self.postfix, "-c", str(self.config), "start"], check=False, env=env,
-            capture_output=True, timeout=timeout, text=True,
-        )
-        if started.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"postfix start failed: {started.stderr}{started.stdout}")
-        pid_file = self.base / "queue" / "pid" / "master.pid"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pid_file.exists() and self._greets():
-                self.master_pid = int(pid_file.read_text().split()[0])
-                return
-            time.sleep(0.1)
-        log = self.log()
-        self.stop()
-        raise RuntimeError(f"postfix did not start on port {self.port}:\n{log[-3000:]}")
-
-    def _greets(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                return sock.recv(512).startswith(b"220")
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        path = self.base / "maillog"
-        return path.read_text(errors="replace") if path.exists() else "(no maillog)"
 
     def tls_log(self) -> list[tuple[int, str, str, int]]:
         """(port, version, cipher, bits) of every TLS connection Postfix's client made."""
         return [(int(m[1]), m[2], m[3], int(m[4])) for m in TLS_LOG_RE.finditer(self.log())]
-
-    def stop(self) -> None:
-        pid = self.master_pid
-        if pid is None:
-            pid_file = self.base / "queue" / "pid" / "master.pid"
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pid = int(pid_file.read_text().split()[0])
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)  # the master stops its children
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-        self.master_pid = None
-        shutil.rmtree(self.base, ignore_errors=True)

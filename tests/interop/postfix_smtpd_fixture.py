@@ -6,7 +6,8 @@ greeting. Mail for ``example.net`` is delivered by Postfix's ``virtual`` agent i
 Maildir (``messages()`` reads it). STARTTLS uses a certificate the caller passes (trustme);
 ``smtpd_tls_received_header = yes`` makes Postfix write the TLS version and cipher it saw
 into the Received field - the peer's own record of the hop. ``stop()`` signals the master
-process by the PID in its pid file (only the instance we started).
+process by the PID in its pid file (only the instance we started); the life cycle is
+:class:`postfix_instance.PostfixInstance`.
 
 Needs root (Postfix's master runs as root and drops to ``mail_owner``) and the ``postfix``
 package; tests call ``require_peer("postfix")`` first.
@@ -14,17 +15,12 @@ package; tests call ``require_peer("postfix")`` first.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
+
+from postfix_instance import PostfixInstance
 
 MASTER_CF = """\
 {listen} inet n - n - - smtpd
@@ -91,80 +87,31 @@ smtpd_banner = $myhostname ESMTP Postfix
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PostfixSMTPD:
+class PostfixSMTPD(PostfixInstance):
     """One private Postfix instance (see the module docstring)."""
+
+    SUBDIRS = ("etc", "queue", "data", "mail", "tls")
 
     def __init__(self, postfix: str, *, cert_pem: bytes, key_pem: bytes,
                  size_limit: int = 10_240_000) -> None:
-        self.postfix = postfix
+        super().__init__(postfix, prefix="mailmoat-postfix-")
         self.cert_pem = cert_pem
         self.key_pem = key_pem
         self.size_limit = size_limit
-        self.port = 0
-        # Not under pytest's tmp_path: its parents are 0700 root and Postfix's unprivileged
-        # daemons must reach the queue.
-        self.base = Path(tempfile.mkdtemp(prefix="mailmoat-postfix-"))
         self.maildir = self.base / "mail" / "box"
-        self.master_pid: int | None = None
 
-    @property
-    def config(self) -> Path:
-        return self.base / "etc"
-
-    def start(self, timeout: float = 30.0) -> None:
-        user = pwd.getpwnam("postfix")
-        gid = grp.getgrnam("postdrop").gr_gid
-        self.base.chmod(0o755)
-        for sub in ("etc", "queue", "data", "mail", "tls"):
-            (self.base / sub).mkdir(mode=0o755)
-        os.chown(self.base / "data", user.pw_uid, user.pw_gid)
+    def write_config(self, user: pwd.struct_passwd) -> None:
+        grp.getgrnam("postdrop")  # the setgid_group must exist
         os.chown(self.base / "mail", user.pw_uid, user.pw_gid)
         (self.base / "tls" / "cert.pem").write_bytes(self.cert_pem)
         key = self.base / "tls" / "key.pem"
         key.write_bytes(self.key_pem)
         key.chmod(0o600)
-        self.port = _free_port()
+        # the module's templates, read at start (tests patch them, see test_outbound_peers.py)
         (self.config / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
         (self.config / "main.cf").write_text(MAIN_CF.format(
             base=self.base, uid=user.pw_uid, gid=user.pw_gid, size_limit=self.size_limit,
         ))
-        del gid
-        env = {**os.environ, "MAIL_CONFIG": str(self.config)}
-        started = subprocess.run(
-            [self.postfix, "-c", str(self.config), "start"], check=False, env=env,
-            capture_output=True, timeout=timeout, text=True,
-        )
-        if started.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"postfix start failed: {started.stderr}{started.stdout}")
-        pid_file = self.base / "queue" / "pid" / "master.pid"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pid_file.exists() and self._greets():
-                self.master_pid = int(pid_file.read_text().split()[0])
-                return
-            time.sleep(0.1)
-        log = self.log()
-        self.stop()
-        raise RuntimeError(f"postfix did not start on port {self.port}:\n{log[-3000:]}")
-
-    def _greets(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                return sock.recv(512).startswith(b"220")
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        path = self.base / "maillog"
-        return path.read_text(errors="replace") if path.exists() else "(no maillog)"
 
     def messages(self, count: int = 1, timeout: float = 20.0) -> list[bytes]:
         """The delivered messages (Maildir ``new/``), oldest first, once ``count`` are there."""
@@ -176,22 +123,3 @@ class PostfixSMTPD:
                 return [f.read_bytes() for f in files]
             time.sleep(0.1)
         raise AssertionError(f"{count} message(s) not delivered in {timeout} s:\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        pid = self.master_pid
-        if pid is None:
-            pid_file = self.base / "queue" / "pid" / "master.pid"
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pid = int(pid_file.read_text().split()[0])
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)  # the master stops its children
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-        self.master_pid = None
-        shutil.rmtree(self.base, ignore_errors=True)

@@ -7,11 +7,13 @@ The server prints its bound listeners (``mailmoat: listening on ADDR port N mode
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,24 +45,33 @@ def make_data_dir(
     workers: int = 1,
     fsync: bool = True,
     trusted: tuple[str, ...] = (),
+    hostname: str = HOSTNAME,
+    local_domains: tuple[str, ...] | None = None,
+    with_user: bool = True,
 ) -> Path:
-    """Write cert, users file and config.toml into ``directory``; return the config path."""
+    """Write cert (for ``hostname``), users file (the test user, unless not ``with_user``) and
+    config.toml into ``directory``; return the config path. ``local_domains`` defaults to
+    ``(hostname,)``; ``extra`` is appended as it is (more sections)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
     if not cert.exists():
-        generate_self_signed(cert, key, [HOSTNAME, "localhost", "127.0.0.1"])
+        generate_self_signed(cert, key, [hostname, "localhost", "127.0.0.1"])
     users = directory / "users.jsonl"
     if not users.exists():
-        UserDB().with_user(make_user(USER, PASSWORD, [USER_ADDRESS])).save(users)
+        db = UserDB()
+        if with_user:
+            db = db.with_user(make_user(USER, PASSWORD, [USER_ADDRESS]))
+        db.save(users)
     lines = [
-        "[server]", f'hostname = "{HOSTNAME}"', f"workers = {workers}", "",
+        "[server]", f'hostname = "{hostname}"', f"workers = {workers}", "",
     ]
     for mode, role in listeners:
         lines += ["[[listener]]", 'address = "127.0.0.1"', "port = 0",
                   f'mode = "{mode}"', f'role = "{role}"', ""]
     lines += [
         "[tls]", 'certificates = [ { cert = "cert.pem", key = "key.pem" } ]', "",
-        "[relay]", f'local_domains = ["{HOSTNAME}"]',
+        "[relay]",
+        "local_domains = [" + ", ".join(f'"{d}"' for d in local_domains or (hostname,)) + "]",
         "trusted_networks = [" + ", ".join(f'"{n}"' for n in trusted) + "]", "",
         "[spool]", f"fsync = {'true' if fsync else 'false'}", "",
     ]
@@ -93,6 +104,16 @@ class RunningServer:
     def spool(self) -> Spool:
         return Spool(self.data_dir / "spool")
 
+    def drain(self) -> None:
+        """Keep reading stdout (into ``output``) in a daemon thread, so that serve never
+        blocks on a full pipe once the caller stops reading it."""
+        def run() -> None:
+            stdout = self.proc.stdout
+            with contextlib.suppress(ValueError, OSError):
+                while stdout is not None and (line := stdout.readline()):
+                    self.output.append(line)
+        threading.Thread(target=run, daemon=True).start()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
@@ -106,31 +127,52 @@ class RunningServer:
         return self.proc.returncode
 
 
-def start_server(config: Path, *, workers: int = 1, timeout: float = 20.0,
-                 log_level: str = "warning") -> RunningServer:
-    """Start ``mailmoat serve`` and wait until it printed its listeners."""
+def launch_server(config: Path, *, workers: int = 1, timeout: float = 20.0,
+                  log_level: str = "warning", grace: float = 5, log: Path | None = None,
+                  ) -> RunningServer:
+    """Start ``mailmoat serve`` and read its stdout until the banner (``N worker(s)``), noting
+    the listeners' ports. Its stderr is appended to ``log`` (discarded without one); stdout
+    is read no further here (see :meth:`RunningServer.drain`)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailmoat.cli.main", "serve", "--config", str(config),
-         "--workers", str(workers), "--log-level", log_level, "--grace", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
-    )
+    err = log.open("ab") if log is not None else None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailmoat.cli.main", "serve", "--config", str(config),
+             "--workers", str(workers), "--log-level", log_level, "--grace", f"{grace:g}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if err is None else err,
+            stdin=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+        )
+    finally:
+        if err is not None:
+            err.close()
     server = RunningServer(proc=proc, config=config)
+
+    def log_tail() -> str:
+        return "" if log is None or not log.exists() else \
+            "\n" + log.read_text(errors="replace")[-4000:]
+
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"server exited early: {''.join(server.output)}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            raise RuntimeError(f"mailmoat serve exited early ({proc.returncode}): "
+                               f"{''.join(server.output)}{log_tail()}")
         server.output.append(line)
-        match = _LISTEN_RE.search(line)
-        if match:
+        if match := _LISTEN_RE.search(line):
             server.ports[(match[3], match[4])] = int(match[2])
         if "worker(s)" in line:
-            break
-    else:  # pragma: no cover - start-up hang
-        server.stop(signal.SIGKILL)
-        raise RuntimeError("server did not start")
+            return server
+    server.stop(signal.SIGKILL)  # pragma: no cover - start-up hang
+    raise RuntimeError(f"mailmoat serve did not start in {timeout}s{log_tail()}")
+
+
+def start_server(config: Path, *, workers: int = 1, timeout: float = 20.0,
+                 log_level: str = "warning") -> RunningServer:
+    """Start ``mailmoat serve`` (stderr discarded) and wait until it printed its listeners."""
+    server = launch_server(config, workers=workers, timeout=timeout, log_level=log_level)
     if workers > 1:
         time.sleep(0.5)  # workers fork after the banner
     return server

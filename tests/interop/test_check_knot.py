@@ -15,17 +15,15 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import ssl
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
+from https_fixture import StaticHTTPS, mta_sts_files, serve_https
 from knot_fixture import KnotServer, knot_server  # noqa: F401  (fixture)
 
 from conftest import missing, require_peer
@@ -96,39 +94,6 @@ old._domainkey IN TXT "v=DKIM1; k=rsa; p="
 
 # ----------------------------------------------------------------------- HTTPS server ---
 
-class _Policies(BaseHTTPRequestHandler):
-    server: _HTTPS
-
-    def do_GET(self) -> None:
-        host = (self.headers.get("Host") or "").split(":")[0]
-        if host == "logo.example.com" and self.path == "/logo.svg":
-            self.send_response(200)
-            self.send_header("Content-Type", "image/svg+xml")
-            self.send_header("Content-Length", str(len(SVG)))
-            self.end_headers()
-            self.wfile.write(SVG)
-            return
-        body = self.server.policies.get(host)
-        if body is None or self.path != "/.well-known/mta-sts.txt":
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _HTTPS(ThreadingHTTPServer):
-    daemon_threads = True
-    policies: dict[str, bytes]
-
-
 @dataclass
 class Peers:
     knot: KnotServer
@@ -165,22 +130,13 @@ def cafile(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def https(ca: Any) -> Iterator[int]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mta-sts.example.com", "mta-sts.broken.example",
-                  "logo.example.com").configure_cert(context)
-    server = _HTTPS(("127.0.0.1", 0), _Policies)
-    server.policies = {"mta-sts.example.com": GOOD_POLICY,
-                       "mta-sts.broken.example": BROKEN_POLICY}
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    files = mta_sts_files({"mta-sts.example.com": GOOD_POLICY,
+                           "mta-sts.broken.example": BROKEN_POLICY})
+    files[("logo.example.com", "/logo.svg")] = ("image/svg+xml", SVG)
+    server = StaticHTTPS(("127.0.0.1", 0), files)
+    with serve_https(server, ca, ["mta-sts.example.com", "mta-sts.broken.example",
+                                  "logo.example.com"]) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Outbound delivery (gateway.outbound) with real parts on loopback.
 
 * DNS: knotd serves ``plain.test`` (unsigned) and ``example.test`` (DNSSEC-signed by knot);
-  unbound validates ``example.test`` with knot's DNSKEYs as trust anchors (the approach and
-  the ``_unbound`` helper of test_probe_dane_unbound.py); our resolver is
+  unbound validates ``example.test`` with knot's DNSKEYs as trust anchors
+  (:mod:`unbound_fixture`); our resolver is
   ``DNSResolver([unbound], trust_ad=True)``. Every MX host resolves to 127.0.0.1; the
   outbound ``route`` sends each MX name to its receiver's port (the TLSA name keeps 25).
 * Receivers: three private Postfix ``smtpd`` instances - STARTTLS with a certificate for
@@ -23,28 +23,19 @@ Each receiver's own mailbox/spool is the oracle for "delivered" and "not deliver
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
-import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import dns.message
-import dns.query
-import dns.rdatatype
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from knot_fixture import start_knot
+from https_fixture import StaticHTTPS, mta_sts_files, serve_https
 from server_fixture import HOSTNAME, RunningServer, make_data_dir, start_server
-from test_probe_dane_unbound import SIGNED, UNSIGNED, _unbound
+from unbound_fixture import spki_sha256, start_validating
 
 from conftest import missing, require_peer
 from mailmoat.auth.mtasts import PolicyCache
@@ -59,17 +50,10 @@ from mailmoat.net.smtp_client import Timeouts
 trustme = pytest.importorskip("trustme")
 pytestmark = pytest.mark.timeout(240)
 
-assert SIGNED == "example.test"
-assert UNSIGNED == "plain.test"
+SIGNED = "example.test"
+UNSIGNED = "plain.test"
 POSTFIX_RCPT = "user@example.net"  # the Postfix fixture delivers example.net to a Maildir
 GATEWAY_RCPT = f"bob@{HOSTNAME}"
-
-
-def _spki_sha256_pem(pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(pem)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
 
 
 # --- receivers -------------------------------------------------------------------------------
@@ -143,41 +127,11 @@ POLICIES = {f"mta-sts.sts.{UNSIGNED}": ENFORCE_POLICY,
             f"mta-sts.ststest.{UNSIGNED}": TESTING_POLICY}
 
 
-class _Policies(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        host = (self.headers.get("Host") or "").split(":")[0]
-        body = POLICIES.get(host)
-        if body is None or self.path != "/.well-known/mta-sts.txt":
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def https(ca: Any) -> Iterator[int]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*POLICIES).configure_cert(context)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Policies)
-    server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    server = StaticHTTPS(("127.0.0.1", 0), mta_sts_files(POLICIES))
+    with serve_https(server, ca, POLICIES) as port:
+        yield port
 
 
 # --- DNS ------------------------------------------------------------------------------------------
@@ -190,9 +144,9 @@ def _head(origin: str) -> str:
 
 
 def _zones(receivers: Receivers) -> dict[str, str]:
-    good = _spki_sha256_pem(receivers.good_pem)
-    wrong = _spki_sha256_pem(receivers.wrong_pem)
-    gateway = _spki_sha256_pem(receivers.gateway.cert.read_bytes())
+    good = spki_sha256(receivers.good_pem)
+    wrong = spki_sha256(receivers.wrong_pem)
+    gateway = spki_sha256(receivers.gateway.cert.read_bytes())
     plain = _head(UNSIGNED) + """\
 to-good IN MX 10 good
 to-wrong IN MX 10 wrong
@@ -222,15 +176,8 @@ rtlsno IN MX 10 good
 
 @pytest.fixture(scope="module")
 def resolver_port(receivers: Receivers) -> Iterator[int]:
-    require_peer("knotd")
-    require_peer("unbound")
-    with start_knot(_zones(receivers), signed=[SIGNED]) as knot:
-        keys = dns.query.udp(dns.message.make_query(SIGNED + ".", dns.rdatatype.DNSKEY),
-                             "127.0.0.1", port=knot.port, timeout=2)
-        anchors = "\n".join(rrset.to_text() for rrset in keys.answer) + "\n"
-        assert "DNSKEY" in anchors, anchors
-        with _unbound(knot.port, anchors) as port:
-            yield port
+    with start_validating(_zones(receivers), signed=[SIGNED]) as (_knot, unbound):
+        yield unbound.port
 
 
 @pytest.fixture

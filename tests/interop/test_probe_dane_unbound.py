@@ -17,16 +17,8 @@ The AD bit itself is checked with dnspython straight against unbound (the oracle
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import shutil
-import socket
 import ssl
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import dns.exception
 import dns.flags
@@ -36,11 +28,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from knot_fixture import start_knot
+from unbound_fixture import spki_sha256, start_validating
 
-from conftest import require_peer
 from mailmoat.auth.dane import DANEStatus
 from mailmoat.net.dns import DNSResolver
 from mailmoat.net.probe import probe
@@ -51,86 +40,10 @@ SIGNED = "example.test"
 UNSIGNED = "plain.test"
 
 
-def _free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket() as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 def _query(port: int, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
     query = dns.message.make_query(name, rdtype, want_dnssec=True)
     query.flags |= dns.flags.AD
     return dns.query.udp(query, "127.0.0.1", port=port, timeout=2)
-
-
-@contextlib.contextmanager
-def _unbound(knot_port: int, anchors: str) -> Iterator[int]:
-    program = require_peer("unbound")
-    workdir = Path(tempfile.mkdtemp(prefix="unbound-"))
-    port = _free_port()
-    (workdir / "anchors").write_text(anchors)
-    (workdir / "unbound.conf").write_text(f"""\
-server:
-    interface: 127.0.0.1
-    port: {port}
-    do-ip6: no
-    username: ""
-    chroot: ""
-    directory: "{workdir}"
-    pidfile: "{workdir}/unbound.pid"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    val-log-level: 2
-    do-not-query-localhost: no
-    module-config: "validator iterator"
-    trust-anchor-file: "{workdir}/anchors"
-    qname-minimisation: no
-    access-control: 127.0.0.0/8 allow
-    local-zone: "test." nodefault
-stub-zone:
-    name: "{SIGNED}"
-    stub-addr: 127.0.0.1@{knot_port}
-stub-zone:
-    name: "{UNSIGNED}"
-    stub-addr: 127.0.0.1@{knot_port}
-remote-control:
-    control-enable: no
-""")
-    log = (workdir / "unbound.log").open("wb")
-    proc = subprocess.Popen([program, "-d", "-c", str(workdir / "unbound.conf")],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((workdir / "unbound.log").read_text(errors="replace"))
-            with contextlib.suppress(dns.exception.Timeout, OSError):
-                if _query(port, SIGNED + ".", dns.rdatatype.SOA).rcode() == dns.rcode.NOERROR:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("unbound did not answer:\n"
-                                   + (workdir / "unbound.log").read_text(errors="replace"))
-            time.sleep(0.1)
-        yield port
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # this PID only
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -177,13 +90,6 @@ async def smtp_port(leaf: trustme.LeafCert) -> AsyncIterator[int]:
     await server.wait_closed()
 
 
-def _spki_sha256(leaf: trustme.LeafCert) -> str:
-    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
-
-
 def _zone(origin: str, port: int, good: str) -> str:
     return f"""\
 $ORIGIN {origin}.
@@ -200,17 +106,10 @@ _{port}._tcp.bad IN TLSA 3 1 1 {"00" * 32}
 
 @pytest.fixture
 def resolver_port(smtp_port: int, leaf: trustme.LeafCert) -> Iterator[int]:
-    require_peer("knotd")
-    require_peer("unbound")
-    good = _spki_sha256(leaf)
+    good = spki_sha256(leaf.cert_chain_pems[0].bytes())
     zones = {SIGNED: _zone(SIGNED, smtp_port, good), UNSIGNED: _zone(UNSIGNED, smtp_port, good)}
-    with start_knot(zones, signed=[SIGNED]) as knot:
-        keys = dns.query.udp(dns.message.make_query(SIGNED + ".", dns.rdatatype.DNSKEY),
-                             "127.0.0.1", port=knot.port, timeout=2)
-        anchors = "\n".join(rrset.to_text() for rrset in keys.answer) + "\n"
-        assert "DNSKEY" in anchors, anchors
-        with _unbound(knot.port, anchors) as port:
-            yield port
+    with start_validating(zones, signed=[SIGNED]) as (_knot, unbound):
+        yield unbound.port
 
 
 async def test_ad_bit_oracle(resolver_port: int, smtp_port: int) -> None:

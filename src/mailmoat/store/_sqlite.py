@@ -152,16 +152,7 @@ class SQLiteStore:
 
     # --- queue ------------------------------------------------------------------------------
     async def enqueue(self, items: list[NewDelivery], *, now: float) -> list[int]:
-        def run(conn: sqlite3.Connection) -> list[int]:
-            def body() -> list[int]:
-                return [
-                    int(conn.execute(S.INSERT_DELIVERY, (
-                        i.spool_id, i.recipient, i.destination, now, now, now,
-                    )).fetchone()[0])
-                    for i in items
-                ]
-            return self._write(conn, body)
-        return await self._call(run)
+        return await self.intake(items, (), now=now)  # the same rows, without verdicts
 
     async def intake(self, items: Sequence[NewDelivery], verdicts: Sequence[Verdict], *,
                      now: float) -> list[int]:

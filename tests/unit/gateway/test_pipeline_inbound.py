@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 import logging
 import tracemalloc
+from collections.abc import Callable
 
 import authres
 import dkim
@@ -19,10 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from inbound_zones import NOW, OUR_ID, REJECT_MTA, SPOOFER, dkimpy_dns, fake_zones
 
 from mailmoat.auth.arc import ARCStatus, seal
 from mailmoat.auth.arc import validate as arc_validate
-from mailmoat.auth.dkim import key_record, sign, txt_strings
+from mailmoat.auth.dkim import sign
 from mailmoat.clock import SYSTEM_CLOCK, Clock, FixedClock
 from mailmoat.gateway.inbound import (
     Action,
@@ -38,10 +40,6 @@ from mailmoat.spool import Envelope, Recipient
 
 pytestmark = pytest.mark.timeout(120)
 
-NOW = 1_790_000_000.0  # mid-2026: in the past for dkimpy, which reads the real clock
-OUR_ID = "mx.example.org"
-SPOOFER = "203.0.113.9"
-REJECT_MTA = "192.0.2.10"
 FORWARDER = "198.51.100.5"
 
 
@@ -63,20 +61,13 @@ KEY_NAMES = (
 
 
 def zones() -> FakeResolver:
-    r = FakeResolver()
-    for domain, spf, dmarc in (
+    return fake_zones((
         ("reject.test", f"v=spf1 ip4:{REJECT_MTA} -all", "v=DMARC1; p=reject"),
         ("quar.test", "v=spf1 ip4:192.0.2.20 -all", "v=DMARC1; p=quarantine"),
         ("none.test", "v=spf1 ip4:192.0.2.30 -all", "v=DMARC1; p=none"),
         ("fwd.test", f"v=spf1 ip4:{FORWARDER} -all", "v=DMARC1; p=none"),
         ("example.org", "v=spf1 -all", "v=DMARC1; p=reject"),
-    ):
-        r.add_a(domain, "192.0.2.1")
-        r.add_txt(domain, spf)
-        r.add_txt(f"_dmarc.{domain}", dmarc)
-    for name, key in KEY_NAMES:
-        r.add_txt(name, *txt_strings(key_record(key)))
-    return r
+    ), KEY_NAMES)
 
 
 def message(from_addr: str, *, subject: str = "Hello", extra: bytes = b"",
@@ -104,16 +95,10 @@ def pipeline(clock: Clock | None = None,
     return InboundPipeline(pol, resolver=resolver, clock=clock or FixedClock(wall=NOW)), resolver
 
 
-def dnsfunc(resolver: FakeResolver):  # type: ignore[no-untyped-def]
+def dnsfunc(resolver: FakeResolver) -> Callable[..., bytes]:
     """dkimpy's DNS hook (synchronous) over the same key records."""
     del resolver
-    records = {f"{name}.": key_record(key).encode() for name, key in KEY_NAMES}
-
-    def lookup(name: bytes | str, timeout: int = 5) -> bytes:
-        text = name.decode() if isinstance(name, bytes) else name
-        return records.get(text if text.endswith(".") else text + ".", b"")
-
-    return lookup
+    return dkimpy_dns(KEY_NAMES)
 
 
 def delivered(verdict_edits: object, msg: bytes, chunk: int = 4096) -> bytes:

@@ -24,8 +24,9 @@ import authres
 import dkim
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from inbound_zones import NOW, OUR_ID, REJECT_MTA, SPOOFER, dkimpy_dns, fake_zones
 
-from mailmoat.auth.dkim import key_record, sign, txt_strings
+from mailmoat.auth.dkim import sign
 from mailmoat.auth.dkim import verify as dkim_verify
 from mailmoat.auth.spf import SPFResult
 from mailmoat.clock import SYSTEM_CLOCK, Clock, FixedClock
@@ -50,10 +51,6 @@ from mailmoat.store import Verdict
 
 pytestmark = pytest.mark.timeout(120)
 
-NOW = 1_790_000_000.0  # mid-2026: in the past for dkimpy, which reads the real clock
-OUR_ID = "mx.example.org"
-SPOOFER = "203.0.113.9"
-REJECT_MTA = "192.0.2.10"
 QUAR_MTA = "192.0.2.20"
 
 REJECT_ED = ed25519.Ed25519PrivateKey.generate()
@@ -69,25 +66,14 @@ KEY_NAMES = (
 
 
 def zones() -> FakeResolver:
-    r = FakeResolver()
-    for domain, spf, dmarc in (
+    return fake_zones((
         ("reject.test", f"v=spf1 ip4:{REJECT_MTA} -all", "v=DMARC1; p=reject"),
         ("quar.test", f"v=spf1 ip4:{QUAR_MTA} -all", "v=DMARC1; p=quarantine"),
         ("example.org", "v=spf1 -all", "v=DMARC1; p=reject"),
-    ):
-        r.add_a(domain, "192.0.2.1")
-        r.add_txt(domain, spf)
-        r.add_txt(f"_dmarc.{domain}", dmarc)
-    for name, key in KEY_NAMES:
-        r.add_txt(name, *txt_strings(key_record(key)))
-    return r
+    ), KEY_NAMES)
 
 
-def dkimpy_lookup(name: bytes | str, timeout: int = 5) -> bytes:
-    """dkimpy's DNS hook over the same key records."""
-    records = {f"{n}.": key_record(k).encode() for n, k in KEY_NAMES}
-    text = name.decode() if isinstance(name, bytes) else name
-    return records.get(text if text.endswith(".") else text + ".", b"")
+dkimpy_lookup = dkimpy_dns(KEY_NAMES)
 
 
 def message(from_addr: str, *, extra: bytes = b"", subject: str = "Hello",
@@ -205,6 +191,13 @@ def parts(spool: Spool) -> list[Path]:
     return list(spool.tmp_dir.glob("*.part"))
 
 
+def assert_nothing_kept(ctx: GatewayContext, accepted: Accepted) -> None:
+    """Refused or failed: no message in the spool, no ``.part`` file left, no accept call."""
+    assert ctx.spool.list() == []
+    assert parts(ctx.spool) == []
+    assert accepted.calls == []
+
+
 def our_ar(prepend: bytes) -> authres.AuthenticationResultsHeader:
     """Our Authentication-Results field among the prepended fields, read by ``authres``."""
     text = prepend.decode()
@@ -235,9 +228,7 @@ async def test_dmarc_reject_is_550_and_nothing_is_kept(tmp_path: Path,
     reply = await driver.data(content)
     assert reply.startswith(b"550 5.7.1 "), reply
     assert b"reject.test" in reply
-    assert ctx.spool.list() == []
-    assert parts(ctx.spool) == []
-    assert accepted.calls == []
+    assert_nothing_kept(ctx, accepted)
     lines = [r.getMessage() for r in caplog.records if "event=message" in r.getMessage()]
     assert len(lines) == 1
     assert "result='reject'" in lines[0]
@@ -290,9 +281,7 @@ async def test_dmarc_reject_over_bdat(tmp_path: Path) -> None:
     await driver.envelope(b"alice@reject.test")
     reply = await driver.bdat(message("alice@reject.test"))
     assert reply.startswith(b"550 5.7.1 "), reply
-    assert ctx.spool.list() == []
-    assert parts(ctx.spool) == []
-    assert accepted.calls == []
+    assert_nothing_kept(ctx, accepted)
 
 
 async def test_dmarc_quarantine_is_committed_with_flag_and_edits(tmp_path: Path) -> None:
@@ -433,9 +422,7 @@ async def test_header_section_over_the_bound_is_552(tmp_path: Path,
     big = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"z" * 200) for i in range(40))  # ~8.5 KB
     reply = await driver.data(message("alice@reject.test", extra=big))
     assert reply.startswith(b"552 5.3.4 "), reply  # RFC 3463 X.3.4
-    assert ctx.spool.list() == []
-    assert parts(ctx.spool) == []
-    assert accepted.calls == []
+    assert_nothing_kept(ctx, accepted)
 
 
 async def test_message_over_the_size_limit_drops_the_verification(tmp_path: Path) -> None:
@@ -445,9 +432,7 @@ async def test_message_over_the_size_limit_drops_the_verification(tmp_path: Path
     reply = await driver.data(message("alice@reject.test", body=(b"y" * 70 + b"\r\n") * 100))
     assert reply.startswith(b"552 "), reply  # RFC 1870 / RFC 5321 §4.5.3.1.10
     assert in_message(driver) == (False, False)
-    assert ctx.spool.list() == []
-    assert parts(ctx.spool) == []
-    assert accepted.calls == []
+    assert_nothing_kept(ctx, accepted)
     # the next transaction is verified afresh
     await driver.envelope(b"alice@reject.test")
     assert (await driver.data(message("alice@reject.test"))).startswith(b"550 5.7.1")
@@ -484,9 +469,7 @@ async def test_pipeline_failure_is_451_and_nothing_kept(tmp_path: Path,
     await driver.envelope(b"alice@reject.test")
     reply = await driver.data(message("alice@reject.test"))
     assert reply.startswith(b"451 4.3.0"), reply
-    assert ctx.spool.list() == []
-    assert parts(ctx.spool) == []
-    assert accepted.calls == []
+    assert_nothing_kept(ctx, accepted)
 
 
 async def test_forged_results_are_removed_at_delivery(tmp_path: Path) -> None:
@@ -643,9 +626,7 @@ async def test_submission_from_not_owned_is_refused(tmp_path: Path) -> None:
     reply = await driver.data(message("bob@example.org"))
     # the signer's reply (RFC 3463 X.7.1), nothing kept
     assert reply.startswith(b"550 5.7.1 From address not allowed"), reply
-    assert ctx.spool.list() == []
-    assert parts(ctx.spool) == []
-    assert accepted.calls == []
+    assert_nothing_kept(ctx, accepted)
     # the next transaction works
     assert (await driver.cmd(b"MAIL FROM:<alice@example.org>")).startswith(b"250 ")
     assert (await driver.cmd(b"RCPT TO:<friend@elsewhere.test>")).startswith(b"250 ")

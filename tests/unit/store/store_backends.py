@@ -8,27 +8,37 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from conftest import missing
 from mailmoat.store import PostgresStore, SQLiteStore, Store
 
+if TYPE_CHECKING:
+    import psycopg
+
 PG_DSN = os.environ.get("MAILMOAT_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 
 
-async def _pg_store() -> tuple[PostgresStore, str]:
+async def pg_connection() -> psycopg.AsyncConnection[Any]:
+    """An autocommit connection to :data:`PG_DSN`; skips (fails under
+    MAILMOAT_REQUIRE_PEERS=1) without psycopg or a reachable server."""
     try:
         import psycopg
     except ImportError:
         missing("psycopg is not installed (pip install 'mailmoat[postgres]')")
         raise AssertionError("unreachable") from None
-    schema = "mm_test_" + secrets.token_hex(6)
     try:
-        conn = await psycopg.AsyncConnection.connect(PG_DSN, autocommit=True, connect_timeout=3)
-        await conn.close()
+        return await psycopg.AsyncConnection.connect(PG_DSN, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
         missing(f"PostgreSQL is not reachable at {PG_DSN!r}: {exc}")
+        raise AssertionError("unreachable") from None
+
+
+async def _pg_store() -> tuple[PostgresStore, str]:
+    schema = "mm_test_" + secrets.token_hex(6)
+    await (await pg_connection()).close()
     return await PostgresStore.open(PG_DSN, schema=schema), schema
 
 

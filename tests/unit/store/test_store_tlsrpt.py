@@ -12,9 +12,13 @@ import secrets
 import sqlite3
 from pathlib import Path
 
-from store_backends import PG_DSN, drop_schema, store_fixture  # noqa: F401  (the "store" fixture)
+from store_backends import (  # noqa: F401  (store_fixture: the "store" fixture)
+    PG_DSN,
+    drop_schema,
+    pg_connection,
+    store_fixture,
+)
 
-from conftest import missing
 from mailmoat.store import (
     SCHEMA_VERSION,
     AttemptResult,
@@ -192,19 +196,12 @@ async def test_a_version_1_sqlite_database_is_migrated(tmp_path: Path) -> None:
 
 
 async def test_a_version_1_postgres_schema_is_migrated() -> None:
-    try:
-        import psycopg
-        from psycopg import sql
-    except ImportError:
-        missing("psycopg is not installed (pip install 'mailmoat[postgres]')")
-        raise AssertionError("unreachable") from None
+    conn = await pg_connection()
+    from psycopg import sql
+
     from mailmoat.store import PostgresStore
 
     schema = "mm_test_" + secrets.token_hex(6)
-    try:
-        conn = await psycopg.AsyncConnection.connect(PG_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        missing(f"PostgreSQL is not reachable at {PG_DSN!r}: {exc}")
     async with conn:
         await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
