@@ -71,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -91,11 +92,12 @@ from mailmoat.auth.authres import (
 from mailmoat.auth.authres import parse as parse_authres
 from mailmoat.auth.dkim import DKIMResult, DKIMResultCode, DKIMVerifier, PrivateKey
 from mailmoat.auth.dmarc import (
+    AuthorDomain,
     Disposition,
     DMARCResult,
     DMARCVerdict,
     author_domain,
-    check_message,
+    check_author,
 )
 from mailmoat.auth.spf import SPFResult, SPFVerdict, check_mailfrom
 from mailmoat.auth.verify import DEFAULT_VERIFY_OPTIONS, Authentication, VerifyOptions
@@ -132,6 +134,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: The field that tells downstream filters (Sieve, procmail) the message is quarantined.
 QUARANTINE_FIELD: Final = "X-Mailmoat-Quarantine"
 _QUARANTINE_LNAME: Final = QUARANTINE_FIELD.lower().encode("ascii")
+#: the fields every delivered message loses besides claiming Authentication-Results
+_REMOVE_NAMES: Final = frozenset({_QUARANTINE_LNAME})
 _AR_LNAME: Final = b"authentication-results"
 _AAR_LNAME: Final = b"arc-authentication-results"
 _AMS_LNAME: Final = b"arc-message-signature"
@@ -377,7 +381,8 @@ class InboundVerdict:
         return self.action is Action.QUARANTINE
 
     def record(self, *, spool_id: str, envelope: Envelope, size: int | None = None) -> Verdict:
-        """The store row (:meth:`mailmoat.store.Store.record_verdict`)."""
+        """The store row (``GatewayContext.accept`` stores it with the delivery rows,
+        :meth:`mailmoat.store.Store.intake`; or :meth:`~mailmoat.store.Store.record_verdict`)."""
         return verdict_from_authentication(
             self.authentication, spool_id=spool_id, envelope=envelope,
             disposition=self.action.disposition, overrides=self.overrides,
@@ -426,7 +431,9 @@ def _under(domain: str | None, listed: Iterable[str]) -> str | None:
     return None
 
 
-def _in(ip: str, networks: Iterable[Network]) -> Network | None:
+def _in(ip: str, networks: tuple[Network, ...]) -> Network | None:
+    if not networks:
+        return None
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -582,6 +589,13 @@ def decide(
 # --- the pipeline ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
+def _check_ip(ip: str) -> None:
+    """ValueError unless ``ip`` is an IP address (remembered: a client sends many messages;
+    only valid addresses are cached, a ValueError is not)."""
+    ipaddress.ip_address(ip)
+
+
 class InboundPipeline:
     """Shared by the sessions of an ``mx`` listener: the policy, resolver and clock."""
 
@@ -612,7 +626,7 @@ class InboundPipeline:
         """A new message at DATA start. ``mail_from`` is the reverse-path (``""`` for
         ``<>``); ``spf`` the MAIL FROM-time result or task (None: started now); ``queue_id``
         the spool ID, for the log line."""
-        ipaddress.ip_address(ip)  # a caller bug otherwise
+        _check_ip(ip)  # a caller bug otherwise
         if spf is None:
             spf = self.start_spf(ip=ip, helo=helo, mail_from=mail_from)
         return InboundMessage(self, ip=ip, helo=helo, mail_from=mail_from, tls=tls, spf=spf,
@@ -649,6 +663,7 @@ class InboundMessage:
         self._arc: ARCValidator | None = None
         self._prefetch: asyncio.Task[None] | None = None
         self._headers: Headers | None = None
+        self._author: AuthorDomain | None = None
         self._body: list[bytes] | None = [] if pipeline.policy.arc_seal is not None else None
         self._body_size = 0
         self.size = 0
@@ -699,18 +714,37 @@ class InboundMessage:
             self._arc = None
             return
         self._header_bytes = header
-        with contextlib.suppress(RuntimeError):  # no running loop: finish() fetches
-            self._prefetch = asyncio.ensure_future(self._warm(self._dkim, self._headers))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no running loop: finish() fetches
+            return
+        self._prefetch = loop.create_task(self._warm(self._dkim))
 
-    async def _warm(self, verifier: DKIMVerifier, headers: Headers) -> None:
+    def _author_domain(self) -> AuthorDomain:
+        """The From field's Author Domain(s) (RFC 7489 §6.6.1), read once per message: for
+        the warm-up and again for DMARC."""
+        author = self._author
+        if author is None:
+            assert self._headers is not None
+            author = self._author = author_domain(self._headers)
+        return author
+
+    async def _warm(self, verifier: DKIMVerifier) -> None:
         """While the body arrives: the DKIM keys, and the Author Domain's DMARC record (a
-        cache warm-up for a caching resolver; the answer is read again by DMARC at the end)."""
+        cache warm-up for a caching resolver; the answer is read again by DMARC at the end),
+        concurrently."""
         resolver = self._p.resolver
-        author = author_domain(headers).domain
-        jobs = [verifier.prefetch_keys(resolver)]
-        if author is not None:
-            jobs.append(self._warm_dmarc(author))
-        await asyncio.gather(*jobs)
+        author = self._author_domain().domain
+        if author is None:
+            await verifier.prefetch_keys(resolver)
+            return
+        dmarc = asyncio.get_running_loop().create_task(self._warm_dmarc(author))
+        try:
+            await verifier.prefetch_keys(resolver)
+            await dmarc
+        except BaseException:  # an error, or abort(): the warm-up is of no use any more
+            dmarc.cancel()
+            raise
 
     async def _warm_dmarc(self, domain: str) -> None:
         with contextlib.suppress(Exception):  # any outcome is DMARC's to judge, later
@@ -729,10 +763,15 @@ class InboundMessage:
                 self._body.append(chunk)
 
     def abort(self) -> None:
-        """The transaction ended without a message (RSET, error): stop the lookups."""
+        """The transaction ended without a message (RSET, error): stop the lookups. A lookup
+        that already ended in an error has that error retrieved (nobody will await it: no
+        "exception was never retrieved" warning)."""
         for task in (self._prefetch, self._spf):
-            if isinstance(task, asyncio.Future) and not task.done():
-                task.cancel()
+            if isinstance(task, asyncio.Future):
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()
         self._prefetch = None
         self._body = None
 
@@ -765,23 +804,28 @@ class InboundMessage:
         spf = await self._spf_result()
         headers = self._headers
         assert headers is not None
-        dkim_results = await self._dkim.finish(p.resolver)
+        dkim_results = tuple(await self._dkim.finish(p.resolver))
         arc = await self._arc.finish(p.resolver)
-        dmarc = await check_message(p.resolver, headers, spf, dkim_results,
-                                    mode=policy.verify.dmarc_mode, random=policy.verify.random)
+        dmarc = await check_author(p.resolver, self._author_domain(), spf, dkim_results,
+                                   mode=policy.verify.dmarc_mode, random=policy.verify.random)
         auth_id = policy.authserv_id
-        forged = sum(1 for f in headers.fields if claims_authserv_id(f, auth_id))
+        # (claims_authserv_id is False for a field of another name: skip those cheaply)
+        forged = sum(1 for f in headers.fields
+                     if f.name.lower() == _AR_LNAME and claims_authserv_id(f, auth_id))
         results = _build_results(spf=spf, dkim=dkim_results, arc=arc, dmarc=dmarc,
                                  mail_from=self.mail_from, ip=self.ip)
+        # (decide reads neither results nor the field: the field is written first, and again
+        # in the rare case of an override, so the common case builds one Authentication)
+        ar_field = format_authentication_results(auth_id, results)
         auth = Authentication(
             authserv_id=auth_id, ip=self.ip, helo=self.helo, mail_from=self.mail_from,
-            spf=spf, dkim=tuple(dkim_results), arc=arc, dmarc=dmarc, results=results,
-            authentication_results="", forged_authentication_results=forged)
+            spf=spf, dkim=dkim_results, arc=arc, dmarc=dmarc, results=results,
+            authentication_results=ar_field, forged_authentication_results=forged)
         decision = decide(auth, policy, sealer_results=self._sealer_results(header, arc))
         if decision.override_tag is not None:
             results = _with_override(results, decision.override_tag, decision.action)
-        ar_field = format_authentication_results(auth_id, results)
-        auth = replace(auth, results=results, authentication_results=ar_field)
+            ar_field = format_authentication_results(auth_id, results)
+            auth = replace(auth, results=results, authentication_results=ar_field)
 
         prepend = ar_field.encode("utf-8") + b"\r\n"
         folder = None
@@ -791,7 +835,7 @@ class InboundMessage:
             prepend = f"{QUARANTINE_FIELD}: yes ({why})\r\n".encode("ascii", "replace") + prepend
             folder = policy.quarantine_folder
         edits = HeaderEdits(prepend=prepend, remove_authserv_id=auth_id,
-                            remove_names=frozenset({_QUARANTINE_LNAME}))
+                            remove_names=_REMOVE_NAMES)
         seal_problem = ""
         if decision.action is not Action.REJECT and policy.arc_seal is not None:
             edits, seal_problem = self._seal(edits, header, arc, results)

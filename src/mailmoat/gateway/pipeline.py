@@ -13,8 +13,11 @@ How a session uses them (see the modules for details)::
     msg.feed(chunk)                                                          # each chunk
     verdict = await msg.finish()                                             # end of data
     if verdict.action is Action.REJECT: answer verdict.reply, abort the spool writer
-    else: commit; deliver through HeaderEditor(verdict.edits) (quarantine: verdict.
-          quarantine_folder); store.record_verdict(verdict.record(spool_id=..., envelope=...))
+    else: commit with envelope.header_edits = verdict.edits.to_json() (and quarantined /
+          quarantine_folder from the verdict); then, before the 250,
+          await ctx.accept(spool_id, envelope, verdict.record(spool_id=..., envelope=...))
+          (queues the delivery rows and stores the verdict); delivery applies the edits
+          (HeaderEditor / apply_edits)
     msg.abort()                                                              # RSET / error
 
     # submission, at the end of data (the message as received)

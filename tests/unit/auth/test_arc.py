@@ -357,3 +357,42 @@ def test_long_header_list_is_folded_and_still_validates() -> None:
     # RFC 5322 §2.1.1: no line over 998 octets (and h= lines within 78)
     assert all(len(line) <= 998 for line in new.message_signature.split(b"\r\n"))
     assert check(new.fields + MESSAGE).passed
+
+
+# --- a header section without ARC fields is not split (ARCValidator's shortcut) ------------
+
+
+@pytest.mark.parametrize("case", ["lower", "mixed", "obs-space"])
+def test_arc_fields_in_any_case_are_still_found(case: str) -> None:
+    # RFC 5322 §1.2.2: field names are case-insensitive; §4.5.8 allows WSP before the colon.
+    sealed = add_set(MESSAGE)
+    if case == "lower":
+        sealed = sealed.replace(b"ARC-Seal:", b"arc-seal:")
+    elif case == "mixed":
+        sealed = sealed.replace(b"ARC-Message-Signature:", b"aRc-MeSsAgE-SiGnAtUrE:")
+    else:
+        sealed = sealed.replace(b"ARC-Authentication-Results:", b"ARC-Authentication-Results :")
+    outcome = check(sealed)
+    assert outcome.result is not ARCStatus.NONE
+    assert outcome.instance_count == 1
+
+
+def test_arc_text_outside_field_names_is_still_none() -> None:
+    # "arc-" in a value (no ARC field): §5.2 step 1 "none", whichever way it is found.
+    message = b"Subject: about ARC-Seal and arc-message-signature\r\n" + MESSAGE
+    outcome = check(message)
+    assert outcome.result is ARCStatus.NONE
+    assert outcome.instance_count == 0
+
+
+def test_too_many_fields_are_refused_without_arc_fields_too() -> None:
+    # The splitter's bound (limits.MESSAGE_MAX_HEADER_FIELDS) holds whether or not the
+    # section has ARC fields: the shortcut must not skip it.
+    from mailmoat.errors import LimitExceeded
+    from mailmoat.limits import MESSAGE_MAX_HEADER_FIELDS
+
+    header = b"X-A: b\r\n" * (MESSAGE_MAX_HEADER_FIELDS + 1) + b"\r\n"
+    with pytest.raises(LimitExceeded):
+        ARCValidator(header, clock=CLOCK)
+    just = b"X-A: b\r\n" * (MESSAGE_MAX_HEADER_FIELDS - 1) + b"\r\n"
+    assert asyncio.run(ARCValidator(just, clock=CLOCK).finish(DNS)).result is ARCStatus.NONE

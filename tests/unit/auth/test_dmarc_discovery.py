@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mailmoat import limits
+from mailmoat.auth.dkim import txt_strings
 from mailmoat.auth.dmarc import (
     AuthorExistence,
     DiscoveryMode,
@@ -317,3 +318,65 @@ async def test_identifier_walk_failure_is_recorded() -> None:
     lookup = await discover_policy(fake, "example.com", mode=TREE,
                                    identifiers=["mail.example.org"])
     assert lookup.org_domain_failures == ("mail.example.org",)
+
+
+# --- parsed answers are remembered per process (_discover._PARSED) --------------------------
+
+
+async def test_remembered_answers_give_the_same_lookup() -> None:
+    # The same record text at two names (and asked twice): every lookup is the one a fresh
+    # parse gives, and only the name asked differs (RFC 7489 §6.6.3 step 1).
+    fake = FakeResolver()
+    text = "v=DMARC1; p=quarantine; sp=reject; adkim=s; rua=mailto:r@one.example"
+    fake.add_txt("_dmarc.one.example", text)
+    fake.add_txt("_dmarc.two.example", text)
+    first = await discover_policy(fake, "one.example", mode=PSL)
+    again = await discover_policy(fake, "one.example", mode=PSL)
+    other = await discover_policy(fake, "two.example", mode=PSL)
+    assert first == again
+    assert first.record == parse_record(text)
+    assert other.record == parse_record(text)
+    assert (first.policy_domain, other.policy_domain) == ("one.example", "two.example")
+    assert first.record is not None
+    assert first.record.sp is Policy.REJECT
+
+
+async def test_remembered_problems_name_the_domain_asked() -> None:
+    # Identical answers at two names: the notes must name each name, not the first one seen.
+    fake = FakeResolver()
+    for domain in ("a.example", "b.example"):
+        fake.add_txt(f"_dmarc.{domain}", "v=DMARC1; p=none")
+        fake.add_txt(f"_dmarc.{domain}", "v=DMARC1; p=reject")
+        fake.add_txt(f"_dmarc.bad.{domain}", *txt_strings("v=DMARC1; p=none; x="
+                                                          + "x" * limits.DMARC_RECORD_MAX))
+    for domain in ("a.example", "b.example"):
+        multiple = await discover_policy(fake, domain, mode=PSL)
+        assert multiple.status is LookupStatus.MULTIPLE
+        assert multiple.problem is not None
+        assert f"_dmarc.{domain}" in multiple.problem
+        assert "2 DMARC records" in multiple.problem
+        bad = await discover_policy(fake, f"bad.{domain}", mode=TREE)
+        assert bad.problem is not None
+        assert bad.problem.startswith(f"_dmarc.bad.{domain}: ")
+        assert "treated as no record" in bad.problem
+
+
+async def test_remembered_answers_are_bounded() -> None:
+    from mailmoat.auth.dmarc import _discover
+
+    fake = FakeResolver()
+    count = _discover._PARSED_MAX_ENTRIES + 10
+    for i in range(count):
+        fake.add_txt(f"_dmarc.d{i}.example", f"v=DMARC1; p=reject; rua=mailto:r{i}@x.example")
+    fake.add_txt("_dmarc.big.example", "v=DMARC1; p=none; rua=mailto:"
+                 + "a" * (_discover._PARSED_MAX_KEY_OCTETS + 1) + "@x.example")
+    for i in range(count):
+        found = await discover_policy(fake, f"d{i}.example", mode=PSL)
+        assert found.record is not None
+        assert found.record.rua[0].uri == f"mailto:r{i}@x.example"
+    assert len(_discover._PARSED) <= _discover._PARSED_MAX_ENTRIES
+    before = len(_discover._PARSED)
+    big = await discover_policy(fake, "big.example", mode=PSL)
+    assert big.record is not None  # parsed, but too large to be kept
+    assert not any(len(b"".join(k)) > _discover._PARSED_MAX_KEY_OCTETS for k in _discover._PARSED)
+    assert len(_discover._PARSED) <= max(before, _discover._PARSED_MAX_ENTRIES)

@@ -71,6 +71,8 @@ from mailmoat.limits import (
     ARC_MAX_INSTANCES,
     DKIM_CLOCK_SKEW,
     DKIM_RSA_MIN_BITS,
+    MESSAGE_HEADER_MAX,
+    MESSAGE_MAX_HEADER_FIELDS,
 )
 from mailmoat.message.dkim_canon import BodyCanonicalizer
 from mailmoat.resolver import Resolver
@@ -101,6 +103,18 @@ class _Set:
     seal: list[RawField]
 
 
+def _has_no_arc_field(header: bytes) -> bool:
+    """True when no field of ``header`` can be an ARC field and :func:`split_fields` would
+    not refuse ``header`` either (so skipping the split changes nothing). Every ARC field
+    name starts with "ARC-" (any case), so its absence from the lower-cased section is
+    proof; the limits are those split_fields enforces (a field is at least one line)."""
+    return (
+        len(header) <= MESSAGE_HEADER_MAX
+        and header.count(b"\n") < MESSAGE_MAX_HEADER_FIELDS
+        and b"arc-" not in header.lower()
+    )
+
+
 def _fail(reason: str, n: int, instance: int | None = None, **extra: object) -> ARCValidation:
     return ARCValidation(result=ARCStatus.FAIL, instance_count=n, failed_instance=instance,
                          reason=reason, **extra)  # type: ignore[arg-type]
@@ -117,8 +131,13 @@ class ARCValidator:
                  policy: ARCPolicy = DEFAULT_ARC_POLICY) -> None:
         self._clock = clock
         self._policy = policy
-        self._fields = split_fields(header)
-        self._index = index_fields(self._fields)
+        if _has_no_arc_field(header):
+            # (most messages: the split below would find nothing to validate)
+            self._fields: list[RawField] = []
+            self._index: dict[bytes, list[RawField]] = {}
+        else:
+            self._fields = split_fields(header)
+            self._index = index_fields(self._fields)
         self._early: ARCValidation | None = None
         self._sets: dict[int, _Set] = {}
         self._n = 0

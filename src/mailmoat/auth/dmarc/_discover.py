@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from mailmoat import limits
 from mailmoat.auth.dkim import DKIMResult, DKIMResultCode
@@ -82,6 +83,52 @@ class _Fetch:
     note: str = ""
 
 
+_NO_RECORD: Final = _Fetch(_Kind.NONE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """What one TXT answer holds, whatever name it was asked for: the outcome itself
+    (``fetch``) or, when the outcome's note names the question, the parts of that note."""
+
+    kind: _Kind
+    fetch: _Fetch | None = None
+    count: int = 0
+    error: str = ""
+
+
+#: Parsed TXT answers by their record texts (a warm resolver gives every message the same
+#: few records: each is checked and parsed once per process, not once per message). Values
+#: are immutable and a pure function of the key; bounded in entries (emptied when full) and
+#: in the octets of each key (larger answers are parsed every time).
+_PARSED: dict[tuple[bytes, ...], _Parsed] = {}
+_PARSED_MAX_ENTRIES: Final = 512
+_PARSED_MAX_KEY_OCTETS: Final = 2048
+
+
+def _classify(texts: tuple[bytes, ...]) -> _Parsed:
+    """RFC 7489 §6.6.3 steps 2 and 5 over one answer's TXT texts (memoised, see _PARSED)."""
+    hit = _PARSED.get(texts)
+    if hit is not None:
+        return hit
+    dmarc = [t for t in texts if is_dmarc_record(t)]
+    parsed: _Parsed
+    if len(dmarc) > 1:
+        parsed = _Parsed(_Kind.MULTIPLE, count=len(dmarc))
+    elif not dmarc:
+        parsed = _Parsed(_Kind.NONE, fetch=_NO_RECORD)
+    else:
+        try:
+            parsed = _Parsed(_Kind.ONE, fetch=_Fetch(_Kind.ONE, record=parse_record(dmarc[0])))
+        except ParseError as exc:
+            parsed = _Parsed(_Kind.NONE, error=str(exc))
+    if sum(map(len, texts)) <= _PARSED_MAX_KEY_OCTETS:
+        if len(_PARSED) >= _PARSED_MAX_ENTRIES:
+            _PARSED.clear()  # (atomic; a full table is rare: start again)
+        _PARSED[texts] = parsed
+    return parsed
+
+
 @dataclass(slots=True)
 class _Session:
     """One evaluation's DNS state: the resolver, a cache by domain, the names asked."""
@@ -107,23 +154,20 @@ class _Session:
         try:
             answer = await self.resolver.resolve(name, RRType.TXT)
         except (NXDomain, NoData):
-            return _Fetch(_Kind.NONE)
+            return _NO_RECORD
         except DNSTemporaryError as exc:
             return _Fetch(_Kind.TEMPERROR, note=f"{name} TXT: {exc}")
         except DNSPermanentError as exc:
             return _Fetch(_Kind.NONE, note=f"{name} TXT: {exc} (treated as no record)")
-        texts = [
+        texts = tuple(
             r.joined for r in answer.records[: limits.DMARC_MAX_TXT_RECORDS] if isinstance(r, TXT)
-        ]
-        dmarc = [t for t in texts if is_dmarc_record(t)]
-        if len(dmarc) > 1:
-            return _Fetch(_Kind.MULTIPLE, note=f"{len(dmarc)} DMARC records at {name}")
-        if not dmarc:
-            return _Fetch(_Kind.NONE)
-        try:
-            return _Fetch(_Kind.ONE, record=parse_record(dmarc[0]))
-        except ParseError as exc:
-            return _Fetch(_Kind.NONE, note=f"{name}: {exc} (treated as no record)")
+        )
+        parsed = _classify(texts)
+        if parsed.fetch is not None:
+            return parsed.fetch
+        if parsed.kind is _Kind.MULTIPLE:
+            return _Fetch(_Kind.MULTIPLE, note=f"{parsed.count} DMARC records at {name}")
+        return _Fetch(_Kind.NONE, note=f"{name}: {parsed.error} (treated as no record)")
 
     async def exists(self, domain: str) -> AuthorExistence:
         """RFC 9989 §3.2.13: NXDOMAIN (RFC 8020) means the name and everything below is gone."""
@@ -161,52 +205,64 @@ def _norm(domain: str) -> str:
     return domain.rstrip(".").lower()
 
 
-async def _discover_psl(session: _Session, author: str) -> PolicyLookup:
+@dataclass(slots=True)
+class _Draft:
+    """The policy-discovery part of a :class:`PolicyLookup`, filled in place (one frozen
+    PolicyLookup is built at the end instead of a copy per step)."""
+
+    status: LookupStatus
+    org_domain: str | None
+    record: DMARCRecord | None = None
+    policy_domain: str | None = None
+    problem: str | None = None
+
+
+async def _discover_psl(session: _Session, author: str) -> _Draft:
     org = psl_organizational_domain(author)
-    lookup = PolicyLookup(
-        from_domain=author, mode=DiscoveryMode.PSL, status=LookupStatus.NONE, org_domain=org
-    )
+    draft = _Draft(status=LookupStatus.NONE, org_domain=org)
     for domain in (author, org) if org != author else (author,):
         got = await session.fetch(domain)
         if got.kind is _Kind.TEMPERROR:
-            return replace(lookup, status=LookupStatus.TEMPERROR, problem=got.note)
+            draft.status, draft.problem = LookupStatus.TEMPERROR, got.note
+            return draft
         if got.kind is _Kind.MULTIPLE:
-            return replace(lookup, status=LookupStatus.MULTIPLE,
-                           problem=got.note + ": policy discovery terminates (RFC 7489 §6.6.3)")
+            draft.status = LookupStatus.MULTIPLE
+            draft.problem = got.note + ": policy discovery terminates (RFC 7489 §6.6.3)"
+            return draft
         if got.kind is _Kind.ONE:
-            return replace(lookup, status=LookupStatus.FOUND, record=got.record,
-                           policy_domain=domain)
-    return lookup
+            draft.status, draft.record, draft.policy_domain = LookupStatus.FOUND, got.record, domain
+            return draft
+    return draft
 
 
-async def _discover_tree(session: _Session, author: str) -> PolicyLookup:
-    lookup = PolicyLookup(
-        from_domain=author, mode=DiscoveryMode.TREE_WALK, status=LookupStatus.NONE,
-        org_domain=author,
-    )
+async def _discover_tree(session: _Session, author: str) -> _Draft:
+    draft = _Draft(status=LookupStatus.NONE, org_domain=author)
     first = await session.fetch(author)
     if first.kind is _Kind.TEMPERROR:
-        return replace(lookup, status=LookupStatus.TEMPERROR, problem=first.note)
+        draft.status, draft.problem = LookupStatus.TEMPERROR, first.note
+        return draft
     own = first.record if first.kind is _Kind.ONE else None
     # RFC 9989 §4.10.2: with strict alignment for both mechanisms, the Organizational Domain is
     # not needed once the Author Domain's own record is known.
     strict = own is not None and own.adkim is Alignment.STRICT and own.aspf is Alignment.STRICT
     found, failure = await session.walk(author, stop_at_start=strict)
     if failure is not None:
-        return replace(lookup, status=LookupStatus.TEMPERROR, problem=failure)
-    org = org_domain_from_walk(author, found)
-    lookup = replace(lookup, org_domain=org)
+        draft.status, draft.problem = LookupStatus.TEMPERROR, failure
+        return draft
+    org = draft.org_domain = org_domain_from_walk(author, found)
     if own is not None:
-        return replace(lookup, status=LookupStatus.FOUND, record=own, policy_domain=author)
+        draft.status, draft.record, draft.policy_domain = LookupStatus.FOUND, own, author
+        return draft
     by_domain = dict(found)
     if org in by_domain:
-        return replace(lookup, status=LookupStatus.FOUND, record=by_domain[org],
-                       policy_domain=org)
+        draft.status, draft.record, draft.policy_domain = (
+            LookupStatus.FOUND, by_domain[org], org)
+        return draft
     psd = [(d, r) for d, r in found if r.psd is PSDFlag.YES]
     if psd:
         domain, record = psd[-1]
-        return replace(lookup, status=LookupStatus.FOUND, record=record, policy_domain=domain)
-    return lookup
+        draft.status, draft.record, draft.policy_domain = LookupStatus.FOUND, record, domain
+    return draft
 
 
 async def discover_policy(
@@ -226,35 +282,41 @@ async def _discover(
     session: _Session, author: str, mode: DiscoveryMode, identifiers: Sequence[str]
 ) -> PolicyLookup:
     if mode is DiscoveryMode.PSL:
-        lookup = await _discover_psl(session, author)
+        draft = await _discover_psl(session, author)
     else:
-        lookup = await _discover_tree(session, author)
-    if lookup.problem is None and session.notes:
-        lookup = replace(lookup, problem="; ".join(session.notes))
-    record = lookup.record
-    if lookup.status is not LookupStatus.FOUND or record is None:
-        return replace(lookup, queries=tuple(session.queries))
-    if (
-        record.np is not None
-        and lookup.policy_domain is not None
-        and _norm(lookup.policy_domain) != author
-    ):
-        lookup = replace(lookup, author_exists=await session.exists(author))
-    if mode is DiscoveryMode.TREE_WALK:
-        orgs: dict[str, str] = {}
-        failures: list[str] = []
-        for domain in dict.fromkeys(_norm(d) for d in identifiers):
-            if domain == author or domain in orgs:
-                continue
-            if len(orgs) + len(failures) >= limits.DMARC_MAX_ALIGNMENT_WALKS:
-                break
-            found, failure = await session.walk(domain)
-            if failure is not None:
-                failures.append(domain)
-            else:
-                orgs[domain] = org_domain_from_walk(domain, found)
-        lookup = replace(lookup, org_domains=orgs, org_domain_failures=tuple(failures))
-    return replace(lookup, queries=tuple(session.queries))
+        mode = DiscoveryMode.TREE_WALK
+        draft = await _discover_tree(session, author)
+    problem = draft.problem
+    if problem is None and session.notes:
+        problem = "; ".join(session.notes)
+    record = draft.record
+    author_exists = AuthorExistence.UNKNOWN
+    orgs: dict[str, str] = {}
+    failures: list[str] = []
+    if draft.status is LookupStatus.FOUND and record is not None:
+        if (
+            record.np is not None
+            and draft.policy_domain is not None
+            and _norm(draft.policy_domain) != author
+        ):
+            author_exists = await session.exists(author)
+        if mode is DiscoveryMode.TREE_WALK:
+            for domain in dict.fromkeys(_norm(d) for d in identifiers):
+                if domain == author or domain in orgs:
+                    continue
+                if len(orgs) + len(failures) >= limits.DMARC_MAX_ALIGNMENT_WALKS:
+                    break
+                found, failure = await session.walk(domain)
+                if failure is not None:
+                    failures.append(domain)
+                else:
+                    orgs[domain] = org_domain_from_walk(domain, found)
+    return PolicyLookup(
+        from_domain=author, mode=mode, status=draft.status, record=record,
+        policy_domain=draft.policy_domain, org_domain=draft.org_domain,
+        author_exists=author_exists, org_domains=orgs, org_domain_failures=tuple(failures),
+        queries=tuple(session.queries), problem=problem,
+    )
 
 
 def _alignment_candidates(spf: SPFResult | None, dkim: Sequence[DKIMResult]) -> list[str]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from mailmoat.auth.dkim import DKIMResult, DKIMResultCode
 from mailmoat.auth.dmarc._orgdomain import psl_organizational_domain
@@ -164,24 +163,23 @@ def evaluate(
     drawn only when RFC 7489 ``pct`` < 100 must be sampled (default: the system's CSPRNG).
     """
     author = _norm(from_domain)
-    base = DMARCResult(
-        result=DMARCVerdict.NONE, from_domain=author, mode=lookup.mode, queries=lookup.queries
-    )
+    # (each outcome is built once, directly: no dataclasses.replace copies)
+    mode, queries = lookup.mode, lookup.queries
     if lookup.status is LookupStatus.TEMPERROR:
-        return replace(
-            base, result=DMARCVerdict.TEMPERROR,
+        return DMARCResult(
+            result=DMARCVerdict.TEMPERROR, from_domain=author, mode=mode, queries=queries,
             reasons=(lookup.problem or "DNS failure during policy discovery",),
         )
     if lookup.status is LookupStatus.MULTIPLE:
-        return replace(
-            base,
+        return DMARCResult(
+            result=DMARCVerdict.NONE, from_domain=author, mode=mode, queries=queries,
             reasons=(lookup.problem or "several DMARC records: policy discovery terminates "
                      "(RFC 7489 §6.6.3 step 5)",),
         )
     record = lookup.record
     if lookup.status is LookupStatus.NONE or record is None:
-        return replace(
-            base,
+        return DMARCResult(
+            result=DMARCVerdict.NONE, from_domain=author, mode=mode, queries=queries,
             org_domain=lookup.org_domain,
             reasons=(f"no DMARC record for {author} or its Organizational Domain: DMARC "
                      "does not apply", *((lookup.problem,) if lookup.problem else ())),
@@ -189,9 +187,7 @@ def evaluate(
     reasons: list[str] = []
     if lookup.problem:
         reasons.append(lookup.problem)
-    base = replace(
-        base, policy_domain=lookup.policy_domain, org_domain=lookup.org_domain, record=record
-    )
+    policy_domain, org_domain = lookup.policy_domain, lookup.org_domain
     act_as_none = False
     p_missing_is_error = record.p is None and not record.p_invalid and (
         lookup.mode is DiscoveryMode.PSL
@@ -205,8 +201,9 @@ def evaluate(
             reasons.append(f"invalid or missing {what}; rua has a valid URI, so the record "
                            "acts as p=none (RFC 9989 §4.10.1, RFC 7489 §6.6.3)")
         else:
-            return replace(
-                base, result=DMARCVerdict.PERMERROR,
+            return DMARCResult(
+                result=DMARCVerdict.PERMERROR, from_domain=author, mode=mode, queries=queries,
+                policy_domain=policy_domain, org_domain=org_domain, record=record,
                 reasons=(*reasons, f"invalid or missing {what} and no valid rua URI: no DMARC "
                          "processing (RFC 9989 §4.10.1, RFC 7489 §6.6.3 step 6)"),
             )
@@ -219,22 +216,25 @@ def evaluate(
         policy, tag = Policy.NONE, "p"
     else:
         policy, tag = _select_policy(record, lookup, reasons)
-    base = replace(
-        base, policy=policy, policy_tag=tag, spf_aligned=spf_aligned,
-        dkim_aligned=dkim_aligned, identifiers=tuple(checks),
-    )
+    identifiers = tuple(checks)
     if spf_aligned or dkim_aligned:
         which = " and ".join(m for m, ok in (("SPF", spf_aligned), ("DKIM", dkim_aligned)) if ok)
         reasons.append(f"{which} passed with an identifier aligned with {author}")
-        return replace(
-            base, result=DMARCVerdict.PASS,
+        return DMARCResult(
+            result=DMARCVerdict.PASS, from_domain=author, mode=mode, queries=queries,
+            policy_domain=policy_domain, org_domain=org_domain, record=record,
+            policy=policy, policy_tag=tag, spf_aligned=spf_aligned,
+            dkim_aligned=dkim_aligned, identifiers=identifiers,
             reasons=tuple(reasons),
         )
     failed_walks = set(lookup.org_domain_failures)
     pending = [c.domain for c in checks if c.result == "pass" and c.domain in failed_walks]
     if pending:
-        return replace(
-            base, result=DMARCVerdict.TEMPERROR,
+        return DMARCResult(
+            result=DMARCVerdict.TEMPERROR, from_domain=author, mode=mode, queries=queries,
+            policy_domain=policy_domain, org_domain=org_domain, record=record,
+            policy=policy, policy_tag=tag, spf_aligned=spf_aligned,
+            dkim_aligned=dkim_aligned, identifiers=identifiers,
             reasons=(*reasons, "the Organizational Domain of " + ", ".join(pending)
                      + " could not be found (DNS failure): alignment undecided"),
         )
@@ -261,8 +261,11 @@ def evaluate(
                            "(RFC 9989 §4.7)")
     if lookup.mode is DiscoveryMode.TREE_WALK and record.pct_given and record.pct < 100:
         reasons.append(f"pct={record.pct} ignored: removed by RFC 9989")
-    return replace(
-        base, result=DMARCVerdict.FAIL,
+    return DMARCResult(
+        result=DMARCVerdict.FAIL, from_domain=author, mode=mode, queries=queries,
+        policy_domain=policy_domain, org_domain=org_domain, record=record,
+        policy=policy, policy_tag=tag, spf_aligned=spf_aligned,
+        dkim_aligned=dkim_aligned, identifiers=identifiers,
         disposition=disposition, sampled_out=sampled_out, testing=testing,
         reasons=tuple(reasons),
     )
