@@ -158,7 +158,7 @@ class MemoResolver:
                 hit = exc
             self.memo[key] = hit
         if isinstance(hit, Exception):
-            raise hit
+            raise hit.with_traceback(None)  # re-raising one instance grows its traceback
         return hit
 
 
@@ -177,7 +177,7 @@ def pyspf_memo_lookup(fake: FakeResolver) -> Callable[..., list[Any]]:
                 hit = exc
             memo[key] = hit
         if isinstance(hit, Exception):
-            raise hit
+            raise hit.with_traceback(None)  # re-raising one instance grows its traceback
         return hit
 
     return lookup
