@@ -25,7 +25,18 @@ from pathlib import Path
 import click
 
 from mailmoat.errors import ConfigError, SpoolError, StoreError, TLSConfigError
-from mailmoat.gateway.config import default_config, load_config
+from mailmoat.gateway.config import Config, default_config, load_config
+
+
+def _print_dkim_records(config: Config) -> None:
+    """The TXT records receivers need to verify what we sign (the first run made a key)."""
+    from mailmoat.auth.dkim import key_record, txt_strings
+    from mailmoat.gateway.pipeline import signing_keys_from_config
+
+    for key in signing_keys_from_config(config):
+        strings = " ".join(f'"{part}"' for part in txt_strings(key_record(key.key)))
+        click.echo(f"mailmoat: DKIM signing d={key.domain} s={key.selector}; publish: "
+                   f"{key.selector}._domainkey.{key.domain}. IN TXT ( {strings} )")
 
 
 @click.command()
@@ -57,6 +68,7 @@ def serve(config_file: Path | None, data_dir: Path | None, workers: int | None,
         else:
             config, created = default_config(data_dir)
             click.echo(f"mailmoat: config {created}")
+            _print_dkim_records(config)
         code = run(config, workers=workers, grace=grace, api=start_from_config)
     except (ConfigError, TLSConfigError, SpoolError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None

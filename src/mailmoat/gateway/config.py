@@ -780,7 +780,8 @@ def default_listeners(*, is_root: bool, ipv6: bool) -> list[dict[str, Any]]:
 
 
 def render_config(
-    *, hostname: str, data_dir: Path, listeners: Sequence[Mapping[str, Any]]
+    *, hostname: str, data_dir: Path, listeners: Sequence[Mapping[str, Any]],
+    dkim_keys_dir: str | None = None,
 ) -> str:
     """The TOML text of a first-run config."""
     lines = [
@@ -820,7 +821,37 @@ def render_config(
         "fsync = true",
         "",
     ]
+    if dkim_keys_dir is not None:
+        lines += [
+            "[dkim_signing]                   # submitted mail is signed (RFC 6376)",
+            f"keys_dir = {_toml_str(dkim_keys_dir)}   # DIR/<domain>/<selector>.pem",
+            "",
+        ]
     return "\n".join(lines)
+
+
+#: The selector of the key made on first run (``DATA_DIR/dkim/<hostname>/mm1.pem``).
+FIRST_RUN_DKIM_SELECTOR = "mm1"
+
+
+def first_run_dkim_key(directory: Path, domain: str) -> Path:
+    """An RSA-2048 DKIM key (RFC 8301 §3.2: at least 1024, 2048 recommended; RSA because every
+    verifier knows it, unlike Ed25519) at ``directory/<domain>/mm1.pem``, mode 0600; an
+    existing one is kept."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = directory / domain / f"{FIRST_RUN_DKIM_SELECTOR}.pem"
+    if path.exists():
+        return path
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    return path
 
 
 def default_config(
@@ -830,7 +861,9 @@ def default_config(
     is_root: bool | None = None,
     ipv6: bool | None = None,
 ) -> tuple[Config, Path]:
-    """First run: create ``data_dir`` with a certificate and ``config.toml``; load it.
+    """First run: create ``data_dir`` with a certificate, a DKIM key for the hostname's
+    domain (:func:`first_run_dkim_key`; ``mailmoat serve`` prints the TXT record to publish)
+    and ``config.toml``; load it.
 
     If ``data_dir/config.toml`` exists already it is loaded as is (never overwritten), and
     an existing certificate is kept. Returns the config and the path of its file.
@@ -858,12 +891,15 @@ def default_config(
         if not users.exists():
             fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
+        (directory / "dkim").mkdir(mode=0o700, exist_ok=True)
+        first_run_dkim_key(directory / "dkim", host)
         text = render_config(
             hostname=host,
             data_dir=directory,
             listeners=default_listeners(
                 is_root=is_root, ipv6=_has_ipv6() if ipv6 is None else ipv6
             ),
+            dkim_keys_dir="dkim",
         )
         tmp = config_file.with_name(f".{CONFIG_FILE_NAME}.tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -249,3 +249,41 @@ def test_dns_resolvers_key_is_validated_and_named(tmp_path: Path) -> None:
                      base_dir=tmp_path, source=None)
     assert info.value.key is not None
     assert info.value.key.startswith("dns.resolvers")
+
+
+def test_first_run_signs_submitted_mail_with_a_new_dkim_key(tmp_path: Path) -> None:
+    import dkim as dkimpy
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from mailmoat.auth.dkim import key_record
+    from mailmoat.clock import SYSTEM_CLOCK
+    from mailmoat.gateway.pipeline import signing_keys_from_config, submission_from_config
+
+    config, _ = default_config(tmp_path, hostname="mx.example.org", is_root=False, ipv6=False)
+    (key,) = signing_keys_from_config(config)
+    assert (key.domain, key.selector) == ("mx.example.org", "mm1")
+    assert isinstance(key.key, rsa.RSAPrivateKey)
+    assert key.key.key_size == 2048  # RFC 8301 §3.2
+    path = tmp_path / "dkim" / "mx.example.org" / "mm1.pem"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    message = (b"From: alice@mx.example.org\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\n"
+               b"hello\r\n")
+    signer = submission_from_config(config, clock=SYSTEM_CLOCK)
+    signed = signer.prepare_sync(message, user=None).message
+    record = key_record(key.key).encode()
+    assert dkimpy.verify(signed, dnsfunc=lambda name, timeout=5: record)
+    # A second start keeps the key (receivers have its record).
+    again, _ = default_config(tmp_path, hostname="mx.example.org", is_root=False)
+    (same,) = signing_keys_from_config(again)
+    assert key_record(same.key) == key_record(key.key)
+
+
+def test_serve_prints_the_dkim_record_to_publish(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from mailmoat.cli.serve import _print_dkim_records
+
+    config, _ = default_config(tmp_path, hostname="mx.example.org", is_root=False, ipv6=False)
+    _print_dkim_records(config)
+    out = capsys.readouterr().out
+    assert "mm1._domainkey.mx.example.org. IN TXT (" in out
+    assert '"v=DKIM1; k=rsa; p=' in out
