@@ -6,8 +6,12 @@ waits for its greeting on a free loopback port. Postfix accepts mail from 127.0.
 (``mynetworks``) and relays all of it to ``relayhost = [127.0.0.1]:P`` with
 ``smtp_tls_security_level = encrypt`` (RFC 3207 STARTTLS mandatory: no TLS, no delivery), logging
 the TLS parameters it negotiated (``smtp_tls_loglevel = 1``) into its own maillog -- the peer's
-independent record of the hop. ``stop()`` signals the master process by the PID in its pid file
-(only the instance we started); the life cycle is :class:`postfix_instance.PostfixInstance`.
+independent record of the hop. With ``milters=("inet:127.0.0.1:PORT", ...)`` its smtpd hands
+every message received over SMTP to those milters in order (``smtpd_milters``, e.g. the OpenDKIM
+signer of :mod:`opendkim_milter_fixture`) with ``milter_default_action = tempfail``: when a milter
+cannot be reached the mail is refused with a 4xx reply, never relayed unsigned.
+``stop()`` signals the master process by the PID in its pid file (only the instance we
+started); the life cycle is :class:`postfix_instance.PostfixInstance`.
 
 Needs root (Postfix's master runs as root and drops to ``mail_owner``) and the ``postfix``
 package; tests call ``require_peer("postfix")`` first.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import pwd
 import re
+from collections.abc import Sequence
 
 from postfix_instance import PostfixInstance
 
@@ -76,6 +81,15 @@ minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 """
 
+#: Appended to MAIN_CF when the relay has milters (Postfix MILTER_README).
+MILTER_CF = """\
+smtpd_milters = {milters}
+non_smtpd_milters =
+milter_protocol = 6
+milter_default_action = tempfail
+milter_connect_timeout = 10s
+"""
+
 #: Postfix smtp(8) with smtp_tls_loglevel = 1: "Trusted/Untrusted/Anonymous TLS connection
 #: established to HOST[IP]:PORT: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)".
 TLS_LOG_RE = re.compile(
@@ -86,14 +100,18 @@ TLS_LOG_RE = re.compile(
 class PostfixRelay(PostfixInstance):
     """One private Postfix instance relaying to ``[127.0.0.1]:relayhost_port``."""
 
-    def __init__(self, postfix: str, *, relayhost_port: int) -> None:
+    def __init__(self, postfix: str, *, relayhost_port: int,
+                 milters: Sequence[str] = ()) -> None:
         super().__init__(postfix, prefix="mailmoat-postfix-relay-")
         self.relayhost_port = relayhost_port
+        self.milters = tuple(milters)
 
     def write_config(self, user: pwd.struct_passwd) -> None:
         (self.config / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
-        (self.config / "main.cf").write_text(
-            MAIN_CF.format(base=self.base, relay_port=self.relayhost_port))
+        main = MAIN_CF.format(base=self.base, relay_port=self.relayhost_port)
+        if self.milters:
+            main += MILTER_CF.format(milters=", ".join(self.milters))
+        (self.config / "main.cf").write_text(main)
 
     def tls_log(self) -> list[tuple[int, str, str, int]]:
         """(port, version, cipher, bits) of every TLS connection Postfix's client made."""
