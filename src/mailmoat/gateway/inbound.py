@@ -91,6 +91,7 @@ from mailmoat.auth.authres import (
 )
 from mailmoat.auth.authres import parse as parse_authres
 from mailmoat.auth.dkim import DKIMResult, DKIMResultCode, DKIMVerifier, PrivateKey
+from mailmoat.auth.dkim._fields import fields_from_headers
 from mailmoat.auth.dmarc import (
     AuthorDomain,
     Disposition,
@@ -704,9 +705,14 @@ class InboundMessage:
     def _start_verifiers(self, header: bytes) -> None:
         opts = self._p.policy.verify
         try:
-            self._headers = parse_headers(header)
-            self._dkim = DKIMVerifier(header, clock=self._p.clock, policy=opts.dkim)
-            self._arc = ARCValidator(header, clock=self._p.clock, policy=opts.arc)
+            headers = self._headers = parse_headers(header)
+            # the header section is split once: DKIM and ARC take the fields of this parse
+            # when it proves them equal to their own split (else they split the bytes)
+            fields = fields_from_headers(headers, header)
+            self._dkim = DKIMVerifier(header, clock=self._p.clock, policy=opts.dkim,
+                                      fields=fields)
+            self._arc = ARCValidator(header, clock=self._p.clock, policy=opts.arc,
+                                     fields=fields)
         except LimitExceeded as exc:  # e.g. more than limits.MESSAGE_MAX_HEADER_FIELDS
             self._too_large = True
             self._refusal = str(exc)

@@ -23,7 +23,12 @@ SECURITY: the input is untrusted (a message from the network, or text pasted by 
 parser trusts nothing in it. It first finds the empty line that ends the section (one C-level
 search) and refuses a section over ``limits.MESSAGE_HEADER_MAX`` octets, then makes one linear
 pass over it, line by line with ``bytes.find``; more than ``limits.MESSAGE_MAX_HEADER_FIELDS``
-fields raise :class:`LimitExceeded` too. The body is never scanned, and no bytes are decoded.
+fields raise :class:`LimitExceeded` too. A section with nothing to flag (only CRLF line ends,
+no NUL, no line over 998 octets, every line a field with an ``ftext`` name or a continuation)
+is split instead by a few C-level passes over the same bounded section (``_parse_clean``),
+which returns the same :class:`Headers` (a property test holds it to the line-by-line
+parser) under the same two limits; anything else goes line by line. The body is never
+scanned, and no bytes are decoded.
 Malformed lines (no colon, a field name outside ``ftext``, a continuation with nothing to
 continue) are *flagged* and kept aside in ``Headers.malformed``; NUL, bare CR and lines over
 998 octets are flagged on the field that carries them. ``strict=True`` turns every defect
@@ -61,6 +66,9 @@ _SECTION_END: Final = re.compile(rb"\n\r?\n")
 # Bare LF (not preceded by CR), for normalise_crlf.
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
 _WSP: Final = b" \t"
+_CRLF: Final = b"\r\n"
+# A CRLF that ends a field: not followed by WSP, which would make it folding (§2.2.3).
+_FIELD_END: Final = re.compile(rb"\r\n(?![ \t])")
 
 
 class LineEnding(enum.Enum):
@@ -289,6 +297,10 @@ def parse_headers(
             f"header section longer than {max_size} octets", limit="MESSAGE_HEADER_MAX"
         )
     section = data[start : size if section_end is None else section_end]
+    if start == 0 and not pasted:
+        fast = _parse_clean(section, section_end, max_fields)
+        if fast is not None:
+            return fast
     # Rare defects are looked for line by line only when the section has them at all.
     suspicious = b"\x00" in section or section.count(b"\r") != section.count(b"\r\n")
     while pos < size:
@@ -361,6 +373,80 @@ def parse_headers(
         defects=tuple(out.defects),
         malformed=tuple(out.malformed),
         start=start,
+        end=end,
+    )
+
+
+# HeaderField objects built slot by slot: the same objects as HeaderField(name=, value=,
+# raw=) (no __post_init__, nothing derived), without the frozen dataclass's __init__, which
+# goes through object.__setattr__ per field (twice the cost of the whole fast path's split).
+# tests/unit/message/test_headers_fastpath.py checks the two are equal.
+_NEW_FIELD: Final = (
+    object.__new__,
+    HeaderField.__dict__["name"].__set__,
+    HeaderField.__dict__["value"].__set__,
+    HeaderField.__dict__["raw"].__set__,
+)
+assert tuple(HeaderField.__slots__) == ("name", "value", "raw")
+
+
+def _parse_clean(section: bytes, end: int | None, max_fields: int) -> Headers | None:
+    """The common case in a few C-level passes: ``section`` (the header section at offset 0,
+    its empty line included when ``end`` is not ``None``) parsed exactly as the line-by-line
+    parser would, or ``None`` when it has anything that parser would flag or keep aside (NUL,
+    a CR or LF outside a CRLF pair, a line over 998 octets, a leading continuation, a line
+    without a colon, a field name outside ``ftext`` or with white space before the colon).
+    The field-count bound is enforced here as there (:class:`LimitExceeded`); the size bound
+    was checked by the caller.
+    """
+    crlf = section.count(b"\r\n")
+    if crlf != section.count(b"\n") or crlf != section.count(b"\r") or b"\x00" in section:
+        return None
+    if end is not None:
+        if end == 2:  # an empty header section: the data starts with its empty line
+            return Headers(fields=(), line_ending=LineEnding.CRLF, end=end)
+        text, last_crlf = section[:-4], True  # without the last CRLF and the empty line
+    elif not section:
+        return Headers(fields=(), line_ending=LineEnding.NONE)
+    elif section.endswith(b"\r\n"):
+        text, last_crlf = section[:-2], True
+    else:
+        text, last_crlf = section, False
+    if text[0] in (0x20, 0x09):  # a leading continuation
+        return None
+    # A field ends at a CRLF not followed by WSP (RFC 5322 §2.2.3); no piece is empty.
+    texts = _FIELD_END.split(text)
+    names = []
+    for piece in texts:
+        colon = piece.find(b":")
+        if colon <= 0:
+            return None
+        if len(piece) > MESSAGE_LINE_MAX and any(
+            len(line) > MESSAGE_LINE_MAX for line in piece.split(b"\r\n")
+        ):
+            return None
+        names.append(piece[:colon])
+    # The concatenated names are 1*ftext exactly when each (non-empty) name is.
+    if not _FIELD_NAME.fullmatch(b"".join(names)):
+        return None
+    if len(texts) > max_fields:
+        raise LimitExceeded(
+            f"more than {max_fields} header fields", limit="MESSAGE_MAX_HEADER_FIELDS"
+        )
+    fields: list[HeaderField] = []
+    append = fields.append
+    new, set_name, set_value, set_raw = _NEW_FIELD
+    for name, piece in zip(names, texts, strict=True):
+        f = new(HeaderField)
+        set_name(f, name)
+        set_value(f, piece[len(name) + 1 :])
+        set_raw(f, piece + _CRLF)
+        append(f)
+    if not last_crlf:
+        set_raw(fields[-1], texts[-1])
+    return Headers(
+        fields=tuple(fields),
+        line_ending=LineEnding.CRLF if crlf else LineEnding.NONE,
         end=end,
     )
 

@@ -56,13 +56,13 @@ from mailmoat.auth.arc._fields import (
 )
 from mailmoat.auth.arc._types import ARCSetCheck, ARCStatus, ARCValidation
 from mailmoat.auth.authres import authserv_id_of
+from mailmoat.auth.dkim._fields import checked_fields
 from mailmoat.auth.dkim.internals import (
     DKIMTagError,
     KeyRecord,
     RawField,
     hash_input,
     index_fields,
-    split_fields,
     split_message,
 )
 from mailmoat.clock import Clock
@@ -123,12 +123,15 @@ def _fail(reason: str, n: int, instance: int | None = None, **extra: object) -> 
 class ARCValidator:
     """Validate the chain of one message; the body is streamed (for the AMS body hashes).
 
-    ``header`` is the header section. :meth:`update` takes body chunks; :meth:`finish` looks
-    up keys and returns the :class:`ARCValidation`.
+    ``header`` is the header section. ``fields``: its fields when the caller already split
+    it, exactly as :func:`~mailmoat.auth.dkim.internals.split_fields` splits ``header`` (the
+    size and field-count limits are checked on either path). :meth:`update` takes body
+    chunks; :meth:`finish` looks up keys and returns the :class:`ARCValidation`.
     """
 
     def __init__(self, header: bytes, *, clock: Clock,
-                 policy: ARCPolicy = DEFAULT_ARC_POLICY) -> None:
+                 policy: ARCPolicy = DEFAULT_ARC_POLICY,
+                 fields: Sequence[RawField] | None = None) -> None:
         self._clock = clock
         self._policy = policy
         if _has_no_arc_field(header):
@@ -136,7 +139,7 @@ class ARCValidator:
             self._fields: list[RawField] = []
             self._index: dict[bytes, list[RawField]] = {}
         else:
-            self._fields = split_fields(header)
+            self._fields = checked_fields(header, fields)
             self._index = index_fields(self._fields)
         self._early: ARCValidation | None = None
         self._sets: dict[int, _Set] = {}

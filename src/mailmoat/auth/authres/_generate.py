@@ -66,6 +66,8 @@ def _ascii_text(text: str) -> str:
 
 def quote_value(text: str) -> str:
     """RFC 2045 ``value``: the token itself, or a quoted-string."""
+    if _TOKEN.fullmatch(text):  # (a token has no control character: nothing to clean)
+        return text
     text = _clean(text)
     if _TOKEN.fullmatch(text):
         return text
@@ -74,6 +76,9 @@ def quote_value(text: str) -> str:
 
 def quote_pvalue(text: str) -> str:
     """RFC 8601 ``pvalue``: a value, or an unquoted ``[local-part]@domain``."""
+    # (tokens and addresses have no control character: cleaning would change nothing)
+    if _TOKEN.fullmatch(text) or _ADDRESS.fullmatch(text):
+        return text
     text = _clean(text)
     if _TOKEN.fullmatch(text) or _ADDRESS.fullmatch(text):
         return text
@@ -120,14 +125,22 @@ def format_authentication_results(
     for result in results:
         lines[-1] += ";"
         current = "\t"
+        # `column` is len(current.expandtabs(8)), kept up to date without re-expanding the
+        # line for every part (recomputed only when a part holds a TAB)
+        column = 8
         for part in format_resinfo(result):
             if current == "\t":
                 current += part
-            elif len(current.expandtabs(8)) + 1 + len(part) > width:
+            elif column + 1 + len(part) > width:
                 lines.append(current)
                 current = "\t  " + part
             else:
                 current += " " + part
+                column += 1 + len(part)
+                if "\t" in part:
+                    column = len(current.expandtabs(8))
+                continue
+            column = len(current.expandtabs(8)) if "\t" in part else 8 + len(current) - 1
         lines.append(current)
     return "\r\n".join(lines)
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from mailmoat.auth.dkim._fields import RawField, split_fields, split_message
+from mailmoat.auth.dkim._fields import RawField, checked_fields, split_message
 from mailmoat.auth.dkim._tags import (
     DKIMTagError,
     KeyRecord,
@@ -113,6 +113,10 @@ class DKIMVerifier:
     """Verify every DKIM-Signature of one message; the body is streamed.
 
     ``header`` is the header section (up to and including the empty line, or without it).
+    ``fields``: its fields when the caller already split it, exactly as
+    :func:`~mailmoat.auth.dkim.internals.split_fields` splits ``header`` (e.g.
+    :func:`._fields.fields_from_headers`); the size and field-count limits are checked on
+    either path.
     """
 
     def __init__(
@@ -121,10 +125,11 @@ class DKIMVerifier:
         *,
         clock: Clock,
         policy: VerifyPolicy = DEFAULT_VERIFY_POLICY,
+        fields: Sequence[RawField] | None = None,
     ) -> None:
         self._clock = clock
         self._policy = policy
-        self._fields = split_fields(header)
+        self._fields = checked_fields(header, fields)
         self._index: dict[bytes, list[RawField]] = {}
         for f in self._fields:
             self._index.setdefault(f.lname, []).append(f)
