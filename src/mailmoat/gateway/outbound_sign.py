@@ -30,14 +30,31 @@ Steps, in order:
 4. **ARC** (optional, RFC 8617 §5.1): the chain is validated and a set added with the
    authenticated submission as the AAR's result (``auth=pass smtp.auth=<login>``).
 
-Signing runs in a worker thread (ARCHITECTURE.md rule 14: RSA signatures and the body hash of
-a large message are CPU work).
+The header section is split once (:func:`mailmoat.auth.dkim.internals.split_fields`, the
+fields exactly as DKIM hashes them): the checks of step 2 and the signatures of step 3 read
+the same fields, so what is checked is what is signed. The keys' constant work (key checks,
+the folded ``v= a= c= d= s=`` prefix) is done once per key, the body hash and the selected
+header fields once per message for all its signatures (:func:`mailmoat.auth.dkim.
+sign_fields`).
 
-SECURITY: the submitted message is untrusted even from an authenticated user: headers are
-read with the bounded parsers of :mod:`mailmoat.message` (a header section over
-``limits.MESSAGE_HEADER_MAX`` is refused), From mailboxes with the comment-aware tokenizer
-(group syntax, several angle-addrs, or unbalanced quoting are refused, never guessed). Keys
-are trusted configuration.
+Where it runs: a message up to :data:`INLINE_MAX` octets is prepared in the event loop's
+thread, a larger one in a worker thread (ARCHITECTURE.md rule 14: big work never blocks the
+loop). ``cryptography`` holds the GIL while it signs, so a worker thread runs no signature in
+parallel with the loop; for a small message the hop only costs (~0.1 ms a message, more than
+an Ed25519 signature), and the loop is blocked about as long either way (a worker holding the
+GIL yields it only every ``sys.getswitchinterval()``, 5 ms). The body hash of a large
+message does release the GIL (hashlib, buffers over 2 KiB): that stays in the worker.
+
+SECURITY: the submitted message is untrusted even from an authenticated user: the header
+section is split by the bounded, linear :func:`~mailmoat.auth.dkim.internals.split_fields` (a
+section over ``limits.MESSAGE_HEADER_MAX`` octets or ``limits.MESSAGE_MAX_HEADER_FIELDS``
+fields is refused, also once Date/Message-ID are added); a field is known by its name
+lower-cased, WSP before the colon dropped, as DKIM verifiers and MUAs read it (so an
+``From :`` first line is a From field, not an mbox separator). From mailboxes are read with
+the comment-aware tokenizer (group syntax, several angle-addrs, or unbalanced quoting are
+refused, never guessed), or, for the plain ``Name <addr>`` / ``addr`` forms only, one
+possessive (linear) regular expression that reads them the same way. Keys are trusted
+configuration.
 """
 
 from __future__ import annotations
@@ -57,13 +74,14 @@ from mailmoat import limits
 from mailmoat.auth.arc import seal
 from mailmoat.auth.arc import validate as arc_validate
 from mailmoat.auth.authres import auth_resinfo
-from mailmoat.auth.dkim import load_private_key, sign
+from mailmoat.auth.dkim import KeySigner, load_private_key, sign_fields
+from mailmoat.auth.dkim.internals import RawField, split_fields
 from mailmoat.clock import Clock
 from mailmoat.errors import ConfigError, LimitExceeded, MailmoatError
 from mailmoat.gateway.inbound import SealKey, split_header
 from mailmoat.gateway.submit_api import DKIMKey
 from mailmoat.gateway.users import User
-from mailmoat.message import Kind, Token, parse_headers, tokenize, unfold
+from mailmoat.message import Kind, Token, tokenize, unfold
 from mailmoat.resolver import Resolver
 from mailmoat.smtp import Reply
 
@@ -71,6 +89,7 @@ __all__ = [
     "DROPPED_FIELDS",
     "FROM_NOT_ALLOWED",
     "FROM_UNREADABLE",
+    "INLINE_MAX",
     "SINGLE_FIELDS",
     "SubmissionOutcome",
     "SubmissionSigner",
@@ -107,6 +126,11 @@ def duplicate_field_reply(name: bytes) -> Reply:
     return Reply(code=550, status="5.6.0",
                  text=f"Header field {label} appears more than once (RFC 5322 section 3.6)")
 
+#: Messages up to this size are prepared in the event loop's thread, larger ones in a worker
+#: thread (ARCHITECTURE.md rule 14). See :meth:`SubmissionSigner.prepare`.
+INLINE_MAX: Final = 64 * 1024
+#: author domains whose signers :meth:`SubmissionSigner._signers` remembers
+_DOMAIN_MEMO_MAX: Final = 1024
 _LINE_END: Final = re.compile(rb"\r\n|\r|\n")
 _KEY_SUFFIXES: Final = (".pem", ".key", ".der")
 _DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -144,9 +168,30 @@ def _addr_spec(tokens: Sequence[Token]) -> str | None:
     return text if at and local and domain else None
 
 
+# RFC 5322 §3.2.3 atext; §3.4.1 a dot-atom addr-spec (a domain of letters, digits, hyphens)
+_ATEXT: Final = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_ADDR: Final = (rb"(" + _ATEXT + rb"++(?:\." + _ATEXT + rb"++)*+@[A-Za-z0-9-]++"
+                rb"(?:\.[A-Za-z0-9-]++)*+)")
+#: The usual From body, in one match: ``addr`` or ``Display Name <addr>`` (a phrase of atoms
+#: only: no quotes, comments, dots or folding). Possessive quantifiers: linear, no
+#: backtracking. Anything else goes to the tokenizer; what matches here reads the same there
+#: (tests/unit/gateway/test_outbound_sign_shared.py compares the two).
+_PLAIN_MAILBOX: Final = re.compile(
+    rb"[ \t]*+(?:(?:" + _ATEXT + rb"++[ \t]++)*+(?:" + _ATEXT + rb"++)?+<" + _ADDR + rb">|"
+    + _ADDR + rb")[ \t]*+")
+
+
 def from_addresses(value: bytes) -> list[str] | None:
     """The addr-specs of a From (or Sender) field body, or None if it is not a plain
     mailbox-list (RFC 5322 §3.4; groups, routes and nested angle brackets are refused)."""
+    plain = _PLAIN_MAILBOX.fullmatch(value)
+    if plain is not None:
+        return [(plain[1] or plain[2]).decode("ascii")]
+    return _mailbox_list(value)
+
+
+def _mailbox_list(value: bytes) -> list[str] | None:
+    """:func:`from_addresses` by the comment-aware tokenizer (any field body)."""
     parsed = tokenize(unfold(value))
     if parsed.unclosed or parsed.stray_close:
         return None
@@ -249,6 +294,7 @@ class SubmissionSigner:
         randbytes: Callable[[int], bytes] = secrets.token_bytes,
         arc_seal: SealKey | None = None,
         resolver: Resolver | None = None,
+        inline_max: int = INLINE_MAX,
     ) -> None:
         if arc_seal is not None and resolver is None:
             raise ConfigError("ARC sealing needs a resolver (to validate the chain)",
@@ -259,11 +305,18 @@ class SubmissionSigner:
         self.randbytes = randbytes
         self.arc_seal = arc_seal
         self.resolver = resolver
+        self.inline_max = inline_max
+        self._by_key: dict[int, KeySigner] = {}  # id() of a DKIMKey of self.keys
+        self._by_domain: dict[str, tuple[tuple[KeySigner, str], ...]] = {}
 
     async def prepare(self, message: bytes, *, user: User | None) -> SubmissionOutcome:
         """Repair, check the From against ``user`` (None: no check, e.g. a trusted relay
-        network), sign (in a worker thread) and seal."""
-        outcome = await asyncio.to_thread(self.prepare_sync, message, user=user)
+        network), sign (in this thread up to ``inline_max`` octets, else in a worker thread)
+        and seal."""
+        if len(message) <= self.inline_max:
+            outcome = self.prepare_sync(message, user=user)
+        else:
+            outcome = await asyncio.to_thread(self.prepare_sync, message, user=user)
         if not outcome.ok or self.arc_seal is None:
             return outcome
         assert self.resolver is not None
@@ -287,32 +340,48 @@ class SubmissionSigner:
         header = data if end is None else data[:end]
         if len(header) > limits.MESSAGE_HEADER_MAX:
             raise LimitExceeded("header section too large", limit="MESSAGE_HEADER_MAX")
-        headers = parse_headers(header)
+        # One split of the header section serves the checks below and the DKIM signatures
+        # (bounded: size above, field count in split_fields). A field is named by what is
+        # before its colon, WSP before the colon dropped (RFC 5322 §4.5.8); a line without a
+        # colon or a first line starting with WSP has a name no check or h= list can match.
+        fields = split_fields(header)
         seen: set[bytes] = set()
-        for item in headers:
-            lname = item.key.strip()
-            if lname in SINGLE_FIELDS and lname != b"from":  # From: FROM_UNREADABLE below
+        froms: list[RawField] = []
+        senders: list[RawField] = []
+        dropped = False
+        for item in fields:
+            lname = item.lname
+            if lname in SINGLE_FIELDS:
+                if lname == b"from":  # (more than one: FROM_UNREADABLE below)
+                    froms.append(item)
+                    continue
                 if lname in seen:
                     return SubmissionOutcome(message=message, reply=duplicate_field_reply(
                         item.name.strip()), reason=f"duplicate {lname.decode('ascii')} field")
                 seen.add(lname)
-        dropped = [item for item in headers if item.key.strip() in DROPPED_FIELDS]
-        if dropped and end is not None:
-            kept = header
-            for item in dropped:
-                kept = kept.replace(item.raw, b"", 1)
-            data = kept + data[end:]
-            end = len(kept)
-            header = kept
+                if lname == b"sender":
+                    senders.append(item)
+                elif lname in DROPPED_FIELDS:
+                    dropped = True
+            elif lname in DROPPED_FIELDS:
+                dropped = True
+        if dropped:
+            # rebuilt from the fields kept (never by searching for a removed field's bytes,
+            # which may also occur inside another field)
+            fields = [item for item in fields if item.lname not in DROPPED_FIELDS]
+            kept = b"".join([item.raw for item in fields])
+            if end is None:
+                data = kept
+            else:
+                data = kept + data[end - 2 :]
+                end = len(kept) + 2
             repairs += ("Bcc removed",)
-        froms = headers.get_all("From")
         addresses = from_addresses(froms[0].value) if len(froms) == 1 else None
         if addresses is None:
             return SubmissionOutcome(message=message, reply=FROM_UNREADABLE,
                                      reason=f"{len(froms)} From field(s), or unreadable")
-        senders = headers.get_all("Sender")
         if senders:
-            sender = from_addresses(senders[0].value) if len(senders) == 1 else None
+            sender = from_addresses(senders[0].value)
             if sender is None or len(sender) != 1:
                 return SubmissionOutcome(message=message, reply=FROM_UNREADABLE,
                                          reason="Sender field unreadable")
@@ -323,27 +392,57 @@ class SubmissionSigner:
                     return SubmissionOutcome(
                         message=message, reply=FROM_NOT_ALLOWED,
                         reason=f"{user.name} may not send as {address[:200]}")
-        added = b""
         now = self.clock.now()
-        if headers.get("Date") is None:
-            added += f"Date: {_rfc5322_date(now)}\r\n".encode("ascii")
+        added: list[RawField] = []
+        if b"date" not in seen:
+            raw = f"Date: {_rfc5322_date(now)}\r\n".encode("ascii")
+            added.append(RawField(b"Date", b"date", raw))
             repairs += ("Date added",)
-        if headers.get("Message-ID") is None:
+        if b"message-id" not in seen:
             token = self.randbytes(16).hex()
-            added += f"Message-ID: <{token}@{self.hostname}>\r\n".encode("ascii")
+            raw = f"Message-ID: <{token}@{self.hostname}>\r\n".encode("ascii")
+            added.append(RawField(b"Message-ID", b"message-id", raw))
             repairs += ("Message-ID added",)
         if added:
+            more = b"".join([item.raw for item in added])
             if end is None:  # header only: the new fields go at its end, a body separator too
-                data = data + added + b"\r\n"
+                data = data + more + b"\r\n"
+                end = len(data)
             else:
-                data = data[: end - 2] + added + data[end - 2 :]
-        author = addresses[0].rpartition("@")[2]
-        signatures: list[str] = []
-        fields = b""
-        for key in keys_for(author, self.keys):
-            fields += sign(data, key.domain, key.selector, key.key, timestamp=int(now))
-            algo = "ed25519-sha256" if isinstance(key.key, ed25519.Ed25519PrivateKey) \
-                else "rsa-sha256"
-            signatures.append(f"d={key.domain} s={key.selector} a={algo}")
-        return SubmissionOutcome(message=fields + data, signatures=tuple(signatures),
+                data = data[: end - 2] + more + data[end - 2 :]
+                end += len(more)
+            fields = [*fields, *added]
+        signers = self._signers(addresses[0].rpartition("@")[2])
+        if not signers:
+            return SubmissionOutcome(message=data, repairs=repairs)
+        grown = added and end is not None and end > limits.MESSAGE_HEADER_MAX
+        if grown or len(fields) > limits.MESSAGE_MAX_HEADER_FIELDS:
+            # (the bounds of split_fields, for the section with the added fields)
+            raise LimitExceeded("header section too large to sign", limit="MESSAGE_HEADER_MAX")
+        body = b"" if end is None else data[end:]
+        fields_out = sign_fields(fields, body, [s for s, _ in signers], timestamp=int(now))
+        return SubmissionOutcome(message=fields_out + data,
+                                 signatures=tuple(label for _, label in signers),
                                  repairs=repairs)
+
+    def _signers(self, author_domain: str) -> tuple[tuple[KeySigner, str], ...]:
+        """The :class:`KeySigner` of each key :func:`keys_for` picks for the author's domain
+        (Ed25519 first), with its ``d=/s=/a=`` label; remembered per domain (a bounded memo:
+        a user allowed ``*@example.org`` may name any number of subdomains)."""
+        name = author_domain.lower()
+        found = self._by_domain.get(name)
+        if found is None:
+            chosen = []
+            for key in keys_for(name, self.keys):
+                signer = self._by_key.get(id(key))
+                if signer is None:
+                    signer = KeySigner(key.domain, key.selector, key.key)
+                    self._by_key[id(key)] = signer
+                algo = "ed25519-sha256" if isinstance(key.key, ed25519.Ed25519PrivateKey) \
+                    else "rsa-sha256"
+                chosen.append((signer, f"d={key.domain} s={key.selector} a={algo}"))
+            found = tuple(chosen)
+            if len(self._by_domain) >= _DOMAIN_MEMO_MAX:
+                self._by_domain.clear()
+            self._by_domain[name] = found
+        return found

@@ -8,7 +8,14 @@ Outcomes are :class:`DKIMResult` values, one per signature (RFC 8601 result name
 
 from mailmoat.auth.dkim._fields import normalize_line_endings, split_message
 from mailmoat.auth.dkim._keys import PrivateKey, key_record, load_private_key, txt_strings
-from mailmoat.auth.dkim._sign import DEFAULT_OVERSIGN, DEFAULT_SIGNED_HEADERS, sign, sign_dual
+from mailmoat.auth.dkim._sign import (
+    DEFAULT_OVERSIGN,
+    DEFAULT_SIGNED_HEADERS,
+    KeySigner,
+    sign,
+    sign_dual,
+    sign_fields,
+)
 from mailmoat.auth.dkim._tags import (
     ALGORITHMS,
     DKIMTagError,
@@ -37,6 +44,7 @@ __all__ = [
     "DKIMTagError",
     "DKIMVerifier",
     "KeyRecord",
+    "KeySigner",
     "PrivateKey",
     "Signature",
     "VerifyPolicy",
@@ -47,6 +55,7 @@ __all__ = [
     "parse_signature",
     "sign",
     "sign_dual",
+    "sign_fields",
     "split_message",
     "txt_strings",
     "verify",
