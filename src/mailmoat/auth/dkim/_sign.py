@@ -30,7 +30,7 @@ from mailmoat.auth.dkim._fields import RawField, split_fields, split_message
 from mailmoat.auth.dkim._keys import PrivateKey
 from mailmoat.auth.dkim._tags import DKIMTagError, check_domain
 from mailmoat.auth.dkim._types import DKIMSigningError
-from mailmoat.auth.dkim._verify import index_fields
+from mailmoat.auth.dkim._verify import index_fields, raw_values, select_fields
 from mailmoat.limits import DKIM_RSA_MIN_BITS
 from mailmoat.message.dkim_canon import (
     BodyCanonicalizer,
@@ -278,20 +278,10 @@ def header_part(index: dict[bytes, list[RawField]], names: Sequence[bytes], rela
     """The selected header fields canonicalised, in h= order (RFC 6376 §3.7, §5.4.2: "the
     Signer MUST choose the last unused instance"): the hash input before the signature field.
     """
-    selected: list[RawField] = []
-    used: dict[bytes, int] = {}
-    for name in names:
-        instances = index.get(name)
-        if instances:
-            k = used.get(name, 0) + 1
-            if k <= len(instances):
-                used[name] = k
-                selected.append(instances[-k])
+    selected = select_fields(index, names)
     if not relaxed:
         return b"".join([f.raw for f in selected])
-    values = [r[c + 1 : -2] if (c := r.find(b":")) >= 0 else b""
-              for r in [f.raw for f in selected]]
-    return canonicalize_fields_relaxed([f.lname for f in selected], values)
+    return canonicalize_fields_relaxed([f.lname for f in selected], raw_values(selected))
 
 
 def sign_fields(

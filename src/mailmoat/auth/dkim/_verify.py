@@ -393,6 +393,23 @@ def hash_input(
     """§5.4.2: "...the Signer MUST choose the last unused instance of that header field" for
     each name of h= in order; a name with no (unused) instance contributes nothing. Then the
     DKIM-Signature field itself, b= emptied, canonicalised, without its final CRLF (§3.7)."""
+    selected = select_fields(index, names)
+    raw = raw_without_b
+    if not relaxed:
+        return b"".join([f.raw for f in selected]) + raw
+    colon = raw.index(b":")
+    names_out = [f.lname for f in selected]
+    names_out.append(raw[:colon].rstrip(b" \t").lower())
+    values = raw_values(selected)
+    values.append(raw[colon + 1 :])
+    # (the signature field is hashed without its final CRLF, §3.7)
+    return canonicalize_fields_relaxed(names_out, values)[:-2]
+
+
+def select_fields(index: dict[bytes, list[RawField]], names: Iterable[bytes]) -> list[RawField]:
+    """The fields ``h=`` names, in order (RFC 6376 §5.4.2: "the Signer MUST choose the last
+    unused instance of that header field"; a name with no unused instance selects nothing).
+    Signing and verifying select the same way."""
     selected: list[RawField] = []
     used: dict[bytes, int] = {}
     for name in names:
@@ -402,17 +419,13 @@ def hash_input(
             if k <= len(instances):
                 used[name] = k
                 selected.append(instances[-k])
-    raw = raw_without_b
-    if not relaxed:
-        return b"".join([f.raw for f in selected]) + raw
-    colon = raw.index(b":")
-    names_out = [f.lname for f in selected]
-    names_out.append(raw[:colon].rstrip(b" \t").lower())
-    # RawField.value, inline: the raw bytes after the colon, without the final CRLF
-    values = [r[c + 1 : -2] if (c := r.find(b":")) >= 0 else b"" for r in [f.raw for f in selected]]
-    values.append(raw[colon + 1 :])
-    # (the signature field is hashed without its final CRLF, §3.7)
-    return canonicalize_fields_relaxed(names_out, values)[:-2]
+    return selected
+
+
+def raw_values(fields: Iterable[RawField]) -> list[bytes]:
+    """Each field's raw bytes after the colon, without the final CRLF (RawField.value,
+    inline: this runs for every selected field of every signature)."""
+    return [r[c + 1 : -2] if (c := r.find(b":")) >= 0 else b"" for r in [f.raw for f in fields]]
 
 
 def index_fields(fields: Iterable[RawField]) -> dict[bytes, list[RawField]]:
