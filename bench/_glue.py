@@ -698,13 +698,6 @@ def mailmoat_config(directory: Path, listeners: dict[str, tuple[int, str, str]],
     return config
 
 
-def _set(ctx: object, name: str, value: object) -> bool:
-    """Set a GatewayContext field if this checkout has it (H1's ``inbound`` / ``signer``)."""
-    fields = getattr(type(ctx), "__dataclass_fields__", {})
-    if name not in fields:
-        return False
-    setattr(ctx, name, value)
-    return True
 
 
 def _gateway(config: Any, bound: Any, *, runtime: bool) -> Any:
@@ -777,26 +770,21 @@ def run_mailmoat_child(world: World, spec: dict[str, Any]) -> None:
             print("runtime " + json.dumps(getattr(gateway, "runtime", None) is not None),
                   flush=True)
         ports: dict[str, int] = {}
-        unsupported: list[str] = []
         for b in bound:
             ctx = gateway.contexts[f"{b.config.address}:{b.config.port}"]
             what = rows[str(b.port)]
-            ok = True
             if what == "inbound":
-                ok = _set(ctx, "inbound", InboundPipeline(
-                    inbound_policy_from_config(config), resolver=resolver, clock=SYSTEM_CLOCK))
+                ctx.inbound = InboundPipeline(
+                    inbound_policy_from_config(config), resolver=resolver, clock=SYSTEM_CLOCK)
             elif what == "accept":
-                _set(ctx, "inbound", None)
+                ctx.inbound = None
             elif what == "none":
-                _set(ctx, "signer", None)
+                ctx.signer = None
             else:
                 chosen = [keys["rsa"], keys["ed25519"]] if what == "dual" else [keys[what]]
-                ok = _set(ctx, "signer", SubmissionSigner(
-                    keys=chosen, hostname=config.server.hostname, clock=SYSTEM_CLOCK))
-            if ok:
-                ports[what] = b.port
-            else:
-                unsupported.append(what)
+                ctx.signer = SubmissionSigner(
+                    keys=chosen, hostname=config.server.hostname, clock=SYSTEM_CLOCK)
+            ports[what] = b.port
         if spec.get("gc_freeze"):  # experiment: what the collector costs (--gc-freeze)
             import gc
 
@@ -805,8 +793,6 @@ def run_mailmoat_child(world: World, spec: dict[str, Any]) -> None:
             gc.set_threshold(*spec["gc_freeze"])
         if leader:
             print("ports " + json.dumps(ports), flush=True)
-        if unsupported and leader:
-            print("unsupported " + json.dumps(unsupported), file=sys.stderr, flush=True)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

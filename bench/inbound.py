@@ -189,12 +189,7 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[_glue.Cell], l
         glue, _ = _glue.start_child("glue", work, {
             "cert": str(cert), "key": str(key), "ports": glue_ports}, "glue")
         servers.append(glue)
-        rows: list[tuple[str, Server, int]] = []
-        if "inbound" in ours.ports:
-            rows.append((ROW_FULL, ours, ours.ports["inbound"]))
-        else:
-            print("(mailmoat full: GatewayContext has no `inbound` field in this checkout: "
-                  "row skipped)")
+        rows: list[tuple[str, Server, int]] = [(ROW_FULL, ours, ours.ports["inbound"])]
         rows += [(ROW_ACCEPT, ours, ours.ports["accept"]), (ROW_GLUE, glue, glue.ports["glue"])]
         if args.authheaders:
             rows.append((ROW_GLUE_AH, glue, glue.ports["glue-authheaders"]))

@@ -154,8 +154,6 @@ async def run(args: argparse.Namespace,
         glue, _ = _glue.start_child("glue", work, {
             "cert": str(cert), "key": str(key), "ports": {v: v for v in VARIANTS}}, "glue")
         servers.append(glue)
-        if "rsa" not in ours.ports:
-            print("(GatewayContext has no `signer` field in this checkout: signing rows skipped)")
         for variant in variants:
             if variant in ours.ports:
                 rows.append((ours_row(variant), ours, ours.ports[variant]))
